@@ -1,0 +1,1 @@
+"""An example rlgen plugin package (see plugin.py for the hooks)."""

@@ -1,0 +1,446 @@
+"""rlgen's plugin registry: algorithms, policies, buffers, models and schedulers contributed by pluggy plugins.
+
+A plugin is a module (or any object) with ``@hookimpl`` functions, advertised through the ``rlgen`` entry-point
+group of its distribution::
+
+    # pyproject.toml of the plugin
+    [project.entry-points.rlgen]
+    my-plugin = "my_package.rlgen_plugin"
+
+    # my_package/rlgen_plugin.py
+    from registry import hookimpl
+
+    @hookimpl
+    def register_algorithms(register):
+        register("my-dqn", "my_package.algo:MyDQN")   # an import path, resolved on first use
+
+Each hook receives a ``register(name, obj)`` callback. ``obj`` is the component itself or an import path
+``"module:attribute"`` that is imported and type-checked on the first :func:`get`, so listing plugins never
+imports torch or diffusers. Plugins load on first use; ``RLGEN_DISABLE_PLUGINS=a,b`` blocks plugins by name.
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.metadata as metadata
+import os
+import threading
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import pluggy
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "KINDS",
+    "ComponentImportError",
+    "ComponentTypeError",
+    "DuplicateComponentError",
+    "PluginInfo",
+    "PluginWarning",
+    "Registry",
+    "RegistryError",
+    "UnknownComponentError",
+    "UnknownKindError",
+    "get",
+    "hookimpl",
+    "hookspec",
+    "import_path",
+    "names",
+    "plugins",
+    "register_plugin",
+    "reset",
+    "unregister_plugin",
+]
+
+PROJECT = "rlgen"
+ENTRY_POINT_GROUP = "rlgen"
+DISABLE_ENV_VAR = "RLGEN_DISABLE_PLUGINS"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+Register = Callable[[str, Any], None]
+
+
+class RlgenHookSpecs:
+    """The public hooks of rlgen. Each receives ``register(name, obj)``; ``obj`` may be an import path string."""
+
+    @hookspec
+    def register_algorithms(self, register: Register) -> None:
+        """Register algorithm classes: subclasses of ``stable_baselines3.common.base_class.BaseAlgorithm``."""
+
+    @hookspec
+    def register_policies(self, register: Register) -> None:
+        """Register policy classes: subclasses of ``stable_baselines3.common.policies.BasePolicy``."""
+
+    @hookspec
+    def register_buffers(self, register: Register) -> None:
+        """Register replay buffer classes: subclasses of ``stable_baselines3.common.buffers.BaseBuffer``."""
+
+    @hookspec
+    def register_models(self, register: Register) -> None:
+        """Register diffusion model classes: subclasses of ``diffusers.ModelMixin``."""
+
+    @hookspec
+    def register_schedulers(self, register: Register) -> None:
+        """Register noise scheduler classes: subclasses of ``diffusers.SchedulerMixin``."""
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A kind of component: the hook that registers it and the base class every component must derive from."""
+
+    name: str
+    hook: str
+    base_class: str  # "module.QualName": compared by name along the MRO, so no import is needed to check it
+
+    @property
+    def singular(self) -> str:
+        return self.name[:-1]
+
+
+KINDS: dict[str, Kind] = {
+    kind.name: kind
+    for kind in (
+        Kind("algorithms", "register_algorithms", "stable_baselines3.common.base_class.BaseAlgorithm"),
+        Kind("policies", "register_policies", "stable_baselines3.common.policies.BasePolicy"),
+        Kind("buffers", "register_buffers", "stable_baselines3.common.buffers.BaseBuffer"),
+        Kind("models", "register_models", "diffusers.models.modeling_utils.ModelMixin"),
+        Kind("schedulers", "register_schedulers", "diffusers.schedulers.scheduling_utils.SchedulerMixin"),
+    )
+}
+_KIND_ALIASES = {**{k: k for k in KINDS}, **{kind.singular: k for k, kind in KINDS.items()}, "policy": "policies"}
+
+
+class RegistryError(Exception):
+    """Base class of the registry's errors."""
+
+
+class UnknownKindError(RegistryError, LookupError):
+    """A kind that is not one of :data:`KINDS`."""
+
+
+class UnknownComponentError(RegistryError, LookupError):
+    """No plugin registered a component of that kind under that name."""
+
+
+class DuplicateComponentError(RegistryError):
+    """Two plugins registered the same name for the same kind."""
+
+
+class ComponentTypeError(RegistryError, TypeError):
+    """A registered object is not of the kind's expected type."""
+
+
+class ComponentImportError(RegistryError, ImportError):
+    """A registered import path could not be imported."""
+
+
+class PluginWarning(UserWarning):
+    """A plugin failed to load or to register; the other plugins are unaffected."""
+
+
+@dataclass
+class PluginInfo:
+    """What ``rlgen plugins`` shows for one plugin."""
+
+    name: str
+    distribution: str | None = None
+    version: str | None = None
+    provides: dict[str, list[str]] = field(default_factory=dict)
+    status: str = "loaded"  # "loaded", "failed" or "disabled"
+    error: str | None = None
+
+
+@dataclass
+class _Entry:
+    kind: str
+    name: str
+    target: Any
+    plugin: str
+    resolved: Any = None
+    is_resolved: bool = False
+
+
+def _qualified_names(cls: type) -> set[str]:
+    return {f"{base.__module__}.{base.__qualname__}" for base in cls.__mro__}
+
+
+def _check_type(kind: Kind, name: str, obj: Any, plugin: str, origin: str = "") -> None:
+    if isinstance(obj, type) and kind.base_class in _qualified_names(obj):
+        return
+    what = f"class {obj.__module__}.{obj.__qualname__}" if isinstance(obj, type) else f"{type(obj).__name__} {obj!r}"
+    raise ComponentTypeError(
+        f"plugin {plugin!r} registered {kind.singular} {name!r}{origin} as {what}, "
+        f"but a {kind.singular} must be a subclass of {kind.base_class}"
+    )
+
+
+def _split_import_path(path: str) -> tuple[str, str]:
+    module, sep, attribute = path.partition(":")
+    if not sep or not module or not attribute:
+        raise ValueError(f"import path {path!r} must look like 'package.module:Attribute'")
+    return module, attribute
+
+
+def import_path(path: str) -> Any:
+    """Import ``"package.module:Attribute"`` (dots after the colon walk attributes)."""
+    module_name, attribute = _split_import_path(path)
+    obj: Any = importlib.import_module(module_name)
+    for part in attribute.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _normalize_kind(kind: str) -> str:
+    try:
+        return _KIND_ALIASES[kind]
+    except (KeyError, TypeError):
+        raise UnknownKindError(f"unknown component kind {kind!r}; the kinds are: {', '.join(KINDS)}") from None
+
+
+def _blocked_from_env() -> set[str]:
+    return {name.strip() for name in os.environ.get(DISABLE_ENV_VAR, "").split(",") if name.strip()}
+
+
+def _distribution_of(entry_point: metadata.EntryPoint) -> tuple[str | None, str | None]:
+    dist = getattr(entry_point, "dist", None)
+    if dist is None:
+        return None, None
+    return dist.metadata["Name"], dist.version
+
+
+class Registry:
+    """A pluggy ``PluginManager("rlgen")`` plus the components its plugins registered, loaded on first use."""
+
+    def __init__(self, entry_point_group: str | None = ENTRY_POINT_GROUP) -> None:
+        self.plugin_manager = pluggy.PluginManager(PROJECT)
+        self.plugin_manager.add_hookspecs(RlgenHookSpecs)
+        self._group = entry_point_group
+        self._entries: dict[str, dict[str, _Entry]] = {kind: {} for kind in KINDS}
+        self._conflicts: dict[tuple[str, str], list[str]] = {}
+        self._plugins: dict[str, PluginInfo] = {}
+        self._loaded = False
+        self._lock = threading.RLock()
+
+    # -- loading -------------------------------------------------------------------------------------------------
+    def load(self) -> None:
+        """Load every entry-point plugin once (later calls do nothing)."""
+        with self._lock:
+            if self._loaded:
+                return
+            self._loaded = True
+            if self._group is None:
+                return
+            blocked = _blocked_from_env()
+            for entry_point in sorted(metadata.entry_points(group=self._group), key=lambda ep: ep.name):
+                if entry_point.name in self._plugins:
+                    continue  # the same distribution seen twice on sys.path
+                distribution, version = _distribution_of(entry_point)
+                info = PluginInfo(entry_point.name, distribution, version)
+                self._plugins[entry_point.name] = info
+                if entry_point.name in blocked:
+                    info.status = "disabled"
+                    self.plugin_manager.set_blocked(entry_point.name)
+                    continue
+                try:
+                    plugin = entry_point.load()
+                except Exception as exc:  # a broken plugin must not take the others down
+                    self._fail(info, "could not be imported", exc)
+                    continue
+                self._add(plugin, info)
+
+    def register_plugin(self, plugin: Any, name: str | None = None, distribution: str | None = None,
+                        version: str | None = None) -> PluginInfo:
+        """Register a plugin object directly (tests, notebooks, applications embedding rlgen)."""
+        with self._lock:
+            self.load()
+            name = name or self.plugin_manager.get_canonical_name(plugin)
+            if name in self._plugins and self._plugins[name].status != "failed":
+                raise ValueError(f"a plugin named {name!r} is already registered")
+            info = PluginInfo(name, distribution, version)
+            self._plugins[name] = info
+            if name in _blocked_from_env():
+                info.status = "disabled"
+                return info
+            self._add(plugin, info)
+            return info
+
+    def unregister_plugin(self, name: str) -> None:
+        """Forget a plugin and everything it registered."""
+        with self._lock:
+            if self.plugin_manager.has_plugin(name):
+                self.plugin_manager.unregister(name=name)
+            self._plugins.pop(name, None)
+            for kind, entries in self._entries.items():
+                for component in [n for n, e in entries.items() if e.plugin == name]:
+                    del entries[component]
+            for key, owners in list(self._conflicts.items()):
+                if name in owners:
+                    owners.remove(name)
+                    if len(owners) < 2:
+                        del self._conflicts[key]
+
+    def _fail(self, info: PluginInfo, what: str, exc: BaseException) -> None:
+        info.status = "failed"
+        info.error = f"{type(exc).__name__}: {exc}"
+        origin = f" (distribution {info.distribution} {info.version})" if info.distribution else ""
+        warnings.warn(f"rlgen plugin {info.name!r}{origin} {what} and was skipped: {info.error}", PluginWarning,
+                      stacklevel=3)
+
+    def _add(self, plugin: Any, info: PluginInfo) -> None:
+        try:
+            self.plugin_manager.register(plugin, name=info.name)
+        except Exception as exc:  # pluggy rejects malformed hook implementations
+            self._fail(info, "has invalid hooks", exc)
+            return
+        for kind in KINDS.values():
+            caller = getattr(self.plugin_manager.hook, kind.hook)
+            for impl in caller.get_hookimpls():
+                if impl.plugin_name == info.name:
+                    self._call_hook(kind, impl, info)
+
+    def _call_hook(self, kind: Kind, impl: pluggy.HookImpl, info: PluginInfo) -> None:
+        """Run one plugin's hook; commit its registrations only if the hook completes."""
+        staged: dict[str, Any] = {}
+
+        def register(name: str, obj: Any) -> None:
+            if not isinstance(name, str) or not name.strip():
+                raise ValueError(f"a {kind.singular} name must be a non-empty string, got {name!r}")
+            if name in staged:
+                raise ValueError(f"{kind.singular} {name!r} was registered twice by plugin {info.name!r}")
+            if isinstance(obj, str):
+                _split_import_path(obj)
+            else:
+                _check_type(kind, name, obj, info.name)
+            staged[name] = obj
+
+        try:
+            impl.function(**({"register": register} if "register" in impl.argnames else {}))
+        except Exception as exc:
+            self._fail(info, f"raised in its {kind.hook} hook", exc)
+            return
+        for name, obj in staged.items():
+            existing = self._entries[kind.name].get(name)
+            if existing is not None and existing.plugin != info.name:
+                owners = self._conflicts.setdefault((kind.name, name), [existing.plugin])
+                owners.append(info.name)
+                warnings.warn(
+                    f"{kind.singular} {name!r} is registered by both plugin {existing.plugin!r} and plugin "
+                    f"{info.name!r}; disable one with {DISABLE_ENV_VAR}", PluginWarning, stacklevel=3)
+                continue
+            self._entries[kind.name][name] = _Entry(kind.name, name, obj, info.name)
+            info.provides.setdefault(kind.name, []).append(name)
+
+    # -- queries -------------------------------------------------------------------------------------------------
+    def get(self, kind: str, name: str) -> Any:
+        """The component registered as ``name``; import paths are imported and type-checked here, once."""
+        kind = _normalize_kind(kind)
+        with self._lock:
+            self.load()
+            if (kind, name) in self._conflicts:
+                first, *others = self._conflicts[(kind, name)]
+                raise DuplicateComponentError(
+                    f"{KINDS[kind].singular} {name!r} is registered by both plugin {first!r} and plugin "
+                    f"{' and '.join(repr(o) for o in others)}; disable one with {DISABLE_ENV_VAR}=<plugin>")
+            entry = self._entries[kind].get(name)
+            if entry is None:
+                raise UnknownComponentError(self._unknown_message(kind, name))
+            if not entry.is_resolved:
+                entry.resolved = self._resolve(entry)
+                entry.is_resolved = True
+            return entry.resolved
+
+    def _resolve(self, entry: _Entry) -> Any:
+        kind = KINDS[entry.kind]
+        if not isinstance(entry.target, str):
+            return entry.target
+        try:
+            obj = import_path(entry.target)
+        except Exception as exc:
+            raise ComponentImportError(
+                f"plugin {entry.plugin!r} registered {kind.singular} {entry.name!r} as {entry.target!r}, which could "
+                f"not be imported: {type(exc).__name__}: {exc}") from exc
+        _check_type(kind, entry.name, obj, entry.plugin, origin=f" (import path {entry.target!r})")
+        return obj
+
+    def _unknown_message(self, kind: str, name: str) -> str:
+        available = self.names(kind)
+        by_lower = {n.lower(): n for n in available}
+        close = [by_lower[c] for c in difflib.get_close_matches(str(name).lower(), list(by_lower), n=3, cutoff=0.5)]
+        message = f"unknown {KINDS[kind].singular} {name!r}"
+        if close:
+            message += f"; did you mean {' or '.join(repr(c) for c in close)}?"
+        message += f" Available {kind}: {', '.join(available) if available else '(none registered)'}"
+        return message
+
+    def names(self, kind: str) -> list[str]:
+        """The sorted names registered for a kind (no import happens)."""
+        kind = _normalize_kind(kind)
+        with self._lock:
+            self.load()
+            return sorted(self._entries[kind])
+
+    def plugins(self) -> list[PluginInfo]:
+        """Every plugin seen: its name, distribution, version, status and what it registered."""
+        with self._lock:
+            self.load()
+            return [self._plugins[name] for name in sorted(self._plugins)]
+
+    def owner(self, kind: str, name: str) -> str:
+        """The plugin that registered a component (for attribution in messages)."""
+        kind = _normalize_kind(kind)
+        self.get(kind, name)
+        return self._entries[kind][name].plugin
+
+
+_default: Registry | None = None
+_default_lock = threading.Lock()
+
+
+def default_registry() -> Registry:
+    """The process-wide registry used by the module-level functions."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = Registry()
+        return _default
+
+
+def reset() -> None:
+    """Drop the process-wide registry; the next call loads plugins again (tests, or after installing a plugin)."""
+    global _default
+    with _default_lock:
+        _default = None
+
+
+def get(kind: str, name: str) -> Any:
+    """The component of ``kind`` (e.g. ``"algorithms"``) registered as ``name``."""
+    return default_registry().get(kind, name)
+
+
+def names(kind: str) -> list[str]:
+    """The names registered for ``kind``."""
+    return default_registry().names(kind)
+
+
+def plugins() -> list[PluginInfo]:
+    """Every plugin with its distribution, version and what it registered."""
+    return default_registry().plugins()
+
+
+def register_plugin(plugin: Any, name: str | None = None) -> PluginInfo:
+    """Register a plugin object at run time, as pytest's ``pluginmanager.register`` does."""
+    return default_registry().register_plugin(plugin, name=name)
+
+
+def unregister_plugin(name: str) -> None:
+    """Remove a plugin registered at run time and its components."""
+    default_registry().unregister_plugin(name)
+
+
+def describe(kinds: Iterable[str] = KINDS) -> dict[str, list[str]]:
+    """Every registered name, by kind."""
+    return {kind: names(kind) for kind in kinds}

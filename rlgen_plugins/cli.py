@@ -1,0 +1,148 @@
+"""The ``rlgen`` command: list plugins, train and evaluate agents, train and sample diffusion models.
+
+Only argument parsing lives here, and nothing here imports torch: the work is imported inside each handler.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+import registry
+from rlgen_plugins.diffusion_cli import add_diffusion_commands
+from rlgen_plugins.errors import UsageError
+
+DESCRIPTION = """\
+rlgen: Rainbow DQN for Stable-Baselines3 and a hand-written DDPM for diffusers, extended by plugins.
+
+examples:
+  rlgen plugins                                   what is installed, and which plugin provides it
+  rlgen train rainbow --env CartPole-v1           train with the shipped preset, evaluate, save into runs/
+  rlgen train rainbow --env CartPole-v1 -p learning_rate=3e-4 --timesteps 30000 --output runs/lr3e-4
+  rlgen evaluate runs/rainbow-CartPole-v1/model.zip --env CartPole-v1 --episodes 20
+  rlgen diffusion train --steps 2000              train the U-Net on the bundled digits (offline)
+"""
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    """Print a table of plugins, their distribution and version, and what each registers."""
+    rows = [("PLUGIN", "DISTRIBUTION", "VERSION", "STATUS", "PROVIDES")]
+    for info in registry.plugins():
+        provides = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in info.provides.items()) or "-"
+        status = info.status if info.error is None else f"{info.status} ({info.error})"
+        rows.append((info.name, info.distribution or "-", info.version or "-", status, provides))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[4])
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train an algorithm on an environment and report where the outputs went."""
+    import gymnasium as gym
+
+    from rlgen_plugins import rl_run
+
+    target = args.target_reward
+    if args.until_solved:
+        rl_run.check_env_id(args.env)
+        target = gym.spec(args.env).reward_threshold
+        if target is None:
+            raise UsageError(f"environment {args.env!r} defines no reward_threshold; pass --target-reward instead")
+    output = args.output or f"runs/{args.algo}-{args.env.replace('/', '_')}"
+    try:
+        result = rl_run.train(
+            args.algo, args.env, timesteps=args.timesteps, seed=args.seed, n_envs=args.n_envs,
+            hyperparams_file=args.hyperparams, overrides=rl_run.parse_overrides(args.param), output=output,
+            eval_freq=args.eval_freq, eval_episodes=args.eval_episodes, target_reward=target,
+            progress_bar=not args.no_progress, verbose=args.verbose, device=args.device)
+    except KeyboardInterrupt:
+        print(f"interrupted: the model trained so far is in {output}/model.zip", file=sys.stderr)
+        return 130
+    mean = "n/a" if result.last_mean_reward is None else f"{result.last_mean_reward:.1f}"
+    print(f"trained {result.timesteps} steps; last evaluation mean return {mean}")
+    if target is not None:
+        print(f"solved (>= {target:g}) at step {result.solved_at}" if result.solved_at is not None
+              else f"not solved (>= {target:g}) within {result.timesteps} steps")
+    print(f"model:          {result.model_path}")
+    print(f"evaluations:    {result.evaluations_path}")
+    print(f"learning curve: {result.curve_path}")
+    print(f"run info:       {result.info_path}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Print the mean and std of the return of a saved model."""
+    from rlgen_plugins import rl_run
+
+    mean, std = rl_run.evaluate(args.model, args.env, episodes=args.episodes, algo=args.algo, seed=args.seed,
+                                deterministic=not args.stochastic, device=args.device)
+    print(f"mean return {mean:.2f} +/- {std:.2f} over {args.episodes} episodes")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rlgen", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    plugins = sub.add_parser("plugins", help="list plugins and what each registers")
+    plugins.set_defaults(func=cmd_plugins)
+
+    train = sub.add_parser("train", help="train an RL algorithm on a gymnasium environment",
+                           description="Train ALGO on ENV with its shipped preset (rlgen_plugins/hyperparams), "
+                                       "evaluating deterministically every --eval-freq steps. Writes model.zip, "
+                                       "evaluations.csv, learning_curve.png and rlgen.json into --output.")
+    train.add_argument("algo", metavar="ALGO", help="a registered algorithm, e.g. rainbow (see: rlgen plugins)")
+    train.add_argument("--env", required=True, metavar="ENV_ID", help="gymnasium id, e.g. CartPole-v1")
+    train.add_argument("--timesteps", type=int, help="environment steps (default: the preset's n_timesteps)")
+    train.add_argument("--seed", type=int, help="random seed")
+    train.add_argument("--n-envs", type=int, help="parallel environments (default: the preset's, else 1)")
+    train.add_argument("--hyperparams", metavar="FILE", help="YAML file of hyperparameters overriding the preset")
+    train.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                       help="override one hyperparameter (YAML value), repeatable: -p learning_rate=1e-3")
+    train.add_argument("--output", metavar="DIR", help="output folder (default: runs/ALGO-ENV)")
+    train.add_argument("--eval-freq", type=int, default=2000, help="evaluate every N steps (default 2000)")
+    train.add_argument("--eval-episodes", type=int, default=10, help="episodes per evaluation (default 10)")
+    stop = train.add_mutually_exclusive_group()
+    stop.add_argument("--until-solved", action="store_true",
+                      help="stop once the evaluation reaches the environment's reward_threshold")
+    stop.add_argument("--target-reward", type=float, help="stop once the evaluation mean reaches this return")
+    train.add_argument("--device", default="auto", help="torch device (default auto)")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("-v", "--verbose", type=int, default=0, choices=(0, 1, 2), help="SB3 verbosity")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser("evaluate", help="mean and std of a saved model's return")
+    evaluate.add_argument("model", metavar="MODEL_ZIP", help="a model saved by rlgen train (or SB3's save)")
+    evaluate.add_argument("--env", required=True, metavar="ENV_ID", help="gymnasium id")
+    evaluate.add_argument("--episodes", type=int, default=10, help="episodes (default 10)")
+    evaluate.add_argument("--algo", help="algorithm that saved it (default: read from rlgen.json beside it)")
+    evaluate.add_argument("--seed", type=int, default=0, help="environment seed (default 0)")
+    evaluate.add_argument("--stochastic", action="store_true", help="sample actions instead of the greedy ones")
+    evaluate.add_argument("--device", default="auto", help="torch device (default auto)")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    add_diffusion_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``rlgen`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as exc:
+        print(f"rlgen: error: {exc}", file=sys.stderr)
+        return 2
+    except registry.RegistryError as exc:
+        print(f"rlgen: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,274 @@
+"""What ``rlgen train`` and ``rlgen evaluate`` do, as functions a script can call too.
+
+The command-line layer (:mod:`rlgen_plugins.cli`) only parses arguments; everything that imports torch lives here.
+"""
+from __future__ import annotations
+
+import csv
+import difflib
+import inspect
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import gymnasium as gym
+import numpy as np
+import yaml
+
+import registry
+from rlgen_plugins.errors import UsageError
+from rlgen_plugins.presets import RUN_KEYS, load_preset, normalize_hyperparams
+
+RUN_INFO_FILE = "rlgen.json"
+
+
+@dataclass
+class TrainResult:
+    """Where ``train`` wrote its outputs and the last evaluation."""
+
+    model_path: Path
+    evaluations_path: Path
+    curve_path: Path
+    info_path: Path
+    timesteps: int
+    last_mean_reward: float | None
+    solved_at: int | None
+
+
+def check_env_id(env_id: str) -> None:
+    """Fail with a one-line message and close matches when gymnasium does not know ``env_id``."""
+    if env_id.startswith("ALE/") or "NoFrameskip" in env_id:
+        try:
+            import ale_py  # noqa: F401  (registers the Atari environments)
+        except ImportError:
+            raise UsageError(f"environment {env_id!r} needs ale-py: pip install 'rlgen[atari]'") from None
+    try:
+        gym.spec(env_id)
+    except gym.error.Error:
+        known = list(gym.registry)
+        close = difflib.get_close_matches(env_id, known, n=3, cutoff=0.6)
+        hint = f"; did you mean {' or '.join(close)}?" if close else "; see gymnasium.pprint_registry() for the list"
+        raise UsageError(f"unknown environment {env_id!r}{hint}") from None
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """``["learning_rate=1e-3", "policy_kwargs={net_arch: [64]}"]`` -> a dict with YAML-typed values."""
+    overrides: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"hyperparameter {pair!r} must look like key=value")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        if isinstance(value, str):
+            try:
+                value = float(value) if any(c in value for c in "eE.") else value
+            except ValueError:
+                pass
+        overrides[key.strip()] = value
+    return overrides
+
+
+def build_hyperparams(algo: str, env_id: str, hyperparams_file: str | None, overrides: dict[str, Any]) -> dict:
+    """Shipped preset, then the user's file, then ``-p`` overrides (later wins)."""
+    try:
+        hyperparams = load_preset(algo, env_id)
+        if hyperparams_file:
+            hyperparams.update(load_preset(algo, env_id, path=hyperparams_file))
+        hyperparams.update(normalize_hyperparams(overrides))
+    except (FileNotFoundError, ValueError, ImportError, AttributeError) as exc:
+        raise UsageError(str(exc)) from None
+    return hyperparams
+
+
+def check_hyperparams(algo_cls: type, algo: str, hyperparams: dict[str, Any]) -> None:
+    """Reject keys the algorithm's constructor does not take, naming the closest ones."""
+    parameters = inspect.signature(algo_cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    accepted = [name for name in parameters if name not in ("self", "policy", "env") and not name.startswith("_")]
+    for key in hyperparams:
+        if key in RUN_KEYS or key in accepted:
+            continue
+        close = difflib.get_close_matches(key, accepted + list(RUN_KEYS), n=3, cutoff=0.5)
+        hint = f"; did you mean {' or '.join(close)}?" if close else f"; accepted: {', '.join(sorted(accepted))}"
+        raise UsageError(f"unknown hyperparameter {key!r} for {algo}{hint}")
+
+
+def make_env(env_id: str, n_envs: int = 1, seed: int | None = None, frame_stack: int | None = None,
+             env_wrapper: Any = None, env_kwargs: dict | None = None):
+    """A VecEnv for ``env_id``: Atari ids get SB3's Atari wrappers, ``frame_stack`` a VecFrameStack."""
+    from stable_baselines3.common.env_util import make_atari_env, make_vec_env
+    from stable_baselines3.common.vec_env import VecFrameStack
+
+    if env_id.startswith("ALE/") or "NoFrameskip" in env_id:
+        env = make_atari_env(env_id, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs)
+    else:
+        wrappers = env_wrapper if isinstance(env_wrapper, list) else [env_wrapper] if env_wrapper else []
+
+        def wrap(env: gym.Env) -> gym.Env:
+            for wrapper in wrappers:
+                env = wrapper(env)
+            return env
+
+        env = make_vec_env(env_id, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs,
+                           wrapper_class=wrap if wrappers else None)
+    return VecFrameStack(env, frame_stack) if frame_stack else env
+
+
+def default_policy(observation_space: gym.Space) -> str:
+    """``MultiInputPolicy`` for Dict observations, ``CnnPolicy`` for images, ``MlpPolicy`` otherwise."""
+    from stable_baselines3.common.preprocessing import is_image_space
+
+    if isinstance(observation_space, gym.spaces.Dict):
+        return "MultiInputPolicy"
+    return "CnnPolicy" if is_image_space(observation_space) else "MlpPolicy"
+
+
+def save_atomically(model: Any, path: Path) -> None:
+    """Write the SB3 zip next to ``path`` and rename it into place, so a crash never leaves half a file."""
+    fd, tmp = tempfile.mkstemp(prefix=path.stem + ".", suffix=".tmp.zip", dir=path.parent)
+    os.close(fd)
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json_atomically(data: dict, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def plot_learning_curve(timesteps: Sequence[int], means: Sequence[float], stds: Sequence[float], path: Path,
+                        title: str, threshold: float | None = None) -> None:
+    """Mean evaluation return against environment steps, with a one-std band and the solved threshold."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t, m, s = np.asarray(timesteps), np.asarray(means), np.asarray(stds)
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    if len(t):
+        ax.plot(t, m, marker="o", label="mean evaluation return")
+        ax.fill_between(t, m - s, m + s, alpha=0.25, label="± 1 std")
+    if threshold is not None:
+        ax.axhline(threshold, color="gray", linestyle="--", label=f"solved ({threshold:g})")
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel("return")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def train(algo: str, env_id: str, *, timesteps: int | None = None, seed: int | None = None,
+          n_envs: int | None = None, hyperparams_file: str | None = None, overrides: dict[str, Any] | None = None,
+          output: str | Path = "runs", eval_freq: int = 2000, eval_episodes: int = 10,
+          target_reward: float | None = None, progress_bar: bool = True, verbose: int = 0,
+          device: str = "auto") -> TrainResult:
+    """Train ``algo`` on ``env_id`` with periodic deterministic evaluation; save model, log and curve."""
+    from stable_baselines3.common.callbacks import EvalCallback, StopTrainingOnRewardThreshold
+
+    try:
+        algo_cls = registry.get("algorithms", algo)
+    except registry.UnknownComponentError as exc:
+        raise UsageError(str(exc)) from None
+    check_env_id(env_id)
+    hyperparams = build_hyperparams(algo, env_id, hyperparams_file, overrides or {})
+    check_hyperparams(algo_cls, algo, hyperparams)
+    total = int(timesteps or hyperparams.pop("n_timesteps", 0) or 100_000)
+    hyperparams.pop("n_timesteps", None)
+    n_envs = int(n_envs or hyperparams.pop("n_envs", 1))
+    hyperparams.pop("n_envs", None)
+    env_options = {k: hyperparams.pop(k) for k in ("frame_stack", "env_wrapper", "env_kwargs") if k in hyperparams}
+    if total < 1 or n_envs < 1:
+        raise UsageError("--timesteps and --n-envs must be positive")
+
+    env = make_env(env_id, n_envs=n_envs, seed=seed, **env_options)
+    eval_env = make_env(env_id, n_envs=1, seed=None if seed is None else seed + 10_000, **env_options)
+    policy = hyperparams.pop("policy", None) or default_policy(env.observation_space)
+    try:
+        model = algo_cls(policy, env, seed=seed, verbose=verbose, device=device, **hyperparams)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"{algo}: {exc}") from None
+
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    stop = StopTrainingOnRewardThreshold(target_reward, verbose=0) if target_reward is not None else None
+    evaluator = EvalCallback(eval_env, n_eval_episodes=eval_episodes, eval_freq=max(eval_freq // n_envs, 1),
+                             deterministic=True, callback_on_new_best=stop, verbose=0)
+    interrupted = False
+    try:
+        model.learn(total_timesteps=total, callback=evaluator, progress_bar=progress_bar)
+    except KeyboardInterrupt:
+        interrupted = True  # keep what was learned: save below, then report the interruption
+    finally:
+        env.close()
+        eval_env.close()
+
+    steps = [int(t) for t in evaluator.evaluations_timesteps]
+    returns = [np.asarray(r, dtype=float) for r in evaluator.evaluations_results]
+    means = [float(r.mean()) for r in returns]
+    stds = [float(r.std()) for r in returns]
+    solved_at = next((t for t, m in zip(steps, means) if target_reward is not None and m >= target_reward), None)
+
+    paths = TrainResult(out / "model.zip", out / "evaluations.csv", out / "learning_curve.png", out / RUN_INFO_FILE,
+                        int(model.num_timesteps), means[-1] if means else None, solved_at)
+    save_atomically(model, paths.model_path)
+    with open(paths.evaluations_path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["timesteps", "mean_return", "std_return", "episodes"])
+        writer.writerows((t, f"{m:.4f}", f"{s:.4f}", len(r)) for t, m, s, r in zip(steps, means, stds, returns))
+    plot_learning_curve(steps, means, stds, paths.curve_path, f"{algo} on {env_id}", threshold=target_reward)
+    write_json_atomically({
+        "algo": algo, "env": env_id, "seed": seed, "n_envs": n_envs, "timesteps": paths.timesteps,
+        "policy": policy if isinstance(policy, str) else f"{policy.__module__}:{policy.__qualname__}",
+        "env_options": {k: v for k, v in env_options.items() if k in ("frame_stack", "env_kwargs")},
+        "hyperparams": {k: v if isinstance(v, (int, float, str, bool, list, dict, type(None))) else repr(v)
+                        for k, v in hyperparams.items()},
+        "last_mean_return": paths.last_mean_reward, "solved_at": solved_at, "interrupted": interrupted,
+    }, paths.info_path)
+    if interrupted:
+        raise KeyboardInterrupt
+    return paths
+
+
+def evaluate(model_path: str | Path, env_id: str, *, episodes: int = 10, algo: str | None = None,
+             seed: int | None = 0, deterministic: bool = True, device: str = "auto") -> tuple[float, float]:
+    """Mean and std of the undiscounted return of a saved model over ``episodes`` episodes."""
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    path = Path(model_path)
+    if not path.is_file():
+        raise UsageError(f"model file {path} does not exist")
+    info_path = path.with_name(RUN_INFO_FILE)
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    algo = algo or info.get("algo")
+    if algo is None:
+        raise UsageError(f"cannot tell which algorithm saved {path} (no {RUN_INFO_FILE} beside it); pass --algo")
+    if episodes < 1:
+        raise UsageError("--episodes must be at least 1")
+    try:
+        algo_cls = registry.get("algorithms", algo)
+    except registry.UnknownComponentError as exc:
+        raise UsageError(str(exc)) from None
+    check_env_id(env_id)
+    env = make_env(env_id, n_envs=1, seed=seed, **info.get("env_options", {}))
+    try:
+        model = algo_cls.load(path, device=device)
+        mean, std = evaluate_policy(model, env, n_eval_episodes=episodes, deterministic=deterministic)
+    finally:
+        env.close()
+    return float(mean), float(std)
