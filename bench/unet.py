@@ -1,0 +1,140 @@
+"""Training-step throughput of diffusion.UNet against diffusers' UNet2DModel at a similar parameter count.
+
+One training step = forward + MSE loss on the noise + backward + AdamW step, batch 64 of 28x28x1 images with random
+timesteps. Each measurement runs in a fresh child process (so peak memory is per model); the two models alternate
+over several rounds so that drifting machine load hits both alike. Prints JSON lines: one per measurement, then one
+summary per device with the median steps/s of each model and the ratio ours / diffusers (goal >= 1.0).
+
+    python bench/unet.py                      # CPU, and CUDA bf16 autocast too when a GPU is present
+    python bench/unet.py --device cpu --steps 8 --rounds 2 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Ours: the seed document's Fashion-MNIST shape, dim 32, three resolutions (28, 14, 7).
+OURS = dict(sample_size=28, in_channels=1, dim=32, dim_mults=(1, 2, 4), resnet_block_groups=4,
+            attention_heads=4, attention_head_dim=32)
+# Peer: the same three resolutions and first width, two ResNet layers per block, attention at 14x14 and 7x7 plus
+# the middle; widths (32, 64, 96) put it within a few percent of our parameter count.
+PEER = dict(sample_size=28, in_channels=1, out_channels=1, block_out_channels=(32, 64, 96), layers_per_block=2,
+            norm_num_groups=8, attention_head_dim=8,
+            down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
+            up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"))
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def child(model_name: str, device: str, steps: int, warmup: int, batch: int, threads: int) -> dict:
+    """Build one model, time ``steps`` training steps after ``warmup``, return a result row."""
+    import torch
+
+    if REPO not in sys.path:
+        sys.path.insert(0, REPO)
+    torch.set_num_threads(threads)
+    from diffusers import UNet2DModel
+
+    from diffusion import UNet
+
+    base_rss = _peak_rss_mib()
+    torch.manual_seed(0)
+    model = (UNet(**OURS) if model_name == "ours" else UNet2DModel(**PEER)).to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x0 = torch.randn(batch, 1, 28, 28, device=device)
+    noise = torch.randn_like(x0)
+    t = torch.randint(0, 1000, (batch,), device=device)
+    use_bf16 = device == "cuda"
+
+    def step() -> None:
+        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=use_bf16):
+            pred = model(x0 + noise, t).sample
+            loss = torch.nn.functional.mse_loss(pred.float(), noise)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        step()
+    sync()
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync()
+    elapsed = time.perf_counter() - start
+    peak = (torch.cuda.max_memory_allocated() / 2**20) if device == "cuda" else _peak_rss_mib() - base_rss
+    return dict(
+        bench="unet_train_step", model=model_name, cls=type(model).__name__, device=device,
+        dtype="bf16-autocast" if use_bf16 else "float32", batch=batch, image="28x28x1", threads=threads,
+        params=sum(p.numel() for p in model.parameters()), steps=steps, warmup=warmup,
+        seconds=round(elapsed, 4), steps_per_s=round(steps / elapsed, 4),
+        peak_mem_mib=round(peak, 1), peak_mem_kind="cuda_max_allocated" if device == "cuda" else "rss_growth",
+        torch=torch.__version__,
+    )
+
+
+def run_child(model: str, args: argparse.Namespace, device: str) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", model, "--device", device, "--steps", str(args.steps),
+           "--warmup", str(args.warmup), "--batch", str(args.batch), "--threads", str(args.threads)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--steps", type=int, default=8, help="timed training steps per measurement")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=2, help="alternating measurements per model")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--child", choices=["ours", "diffusers"], help=argparse.SUPPRESS)
+    args = p.parse_args()
+
+    if args.child:
+        print(json.dumps(child(args.child, args.device, args.steps, args.warmup, args.batch, args.threads)))
+        return
+
+    import torch
+
+    devices = ["cpu", "cuda"] if args.device == "auto" and torch.cuda.is_available() else (
+        ["cpu"] if args.device == "auto" else [args.device])
+    for device in devices:
+        rows: dict[str, list[dict]] = {"ours": [], "diffusers": []}
+        for r in range(args.rounds):
+            order = ("ours", "diffusers") if r % 2 == 0 else ("diffusers", "ours")
+            for name in order:
+                row = run_child(name, args, device)
+                row["round"] = r
+                rows[name].append(row)
+                print(json.dumps(row), flush=True)
+        med = {k: statistics.median(x["steps_per_s"] for x in v) for k, v in rows.items()}
+        print(json.dumps(dict(
+            bench="unet_train_step_summary", device=device, dtype=rows["ours"][0]["dtype"],
+            batch=args.batch, threads=args.threads, rounds=args.rounds, steps=args.steps,
+            ours_params=rows["ours"][0]["params"], diffusers_params=rows["diffusers"][0]["params"],
+            ours_steps_per_s=round(med["ours"], 4), diffusers_steps_per_s=round(med["diffusers"], 4),
+            ratio_ours_over_diffusers=round(med["ours"] / med["diffusers"], 3),
+            ours_peak_mem_mib=max(x["peak_mem_mib"] for x in rows["ours"]),
+            diffusers_peak_mem_mib=max(x["peak_mem_mib"] for x in rows["diffusers"]),
+            machine=platform.machine(), cpu_count=os.cpu_count(),
+        )), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""The rlgen command: one-line errors with exit status 2, and a tiny end-to-end train/evaluate."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+from rlgen_plugins import presets, rl_run
+from rlgen_plugins.cli import main
+
+TINY = ["-p", "learning_starts=50", "-p", "buffer_size=1000", "-p", "batch_size=16",
+        "-p", "policy_kwargs={net_arch: [16], n_atoms: 11, v_min: 0, v_max: 20}"]
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "rainbw", "--env", "CartPole-v1"], "unknown algorithm 'rainbw'; did you mean 'rainbow'?"),
+    (["train", "rainbow", "--env", "CartPol-v1"], "unknown environment 'CartPol-v1'; did you mean CartPole-v1"),
+    (["train", "rainbow", "--env", "CartPole-v1", "-p", "lerning_rate=0.1"],
+     "unknown hyperparameter 'lerning_rate' for rainbow; did you mean learning_rate"),
+    (["train", "rainbow", "--env", "CartPole-v1", "-p", "gamma"], "hyperparameter 'gamma' must look like key=value"),
+    (["train", "rainbow", "--env", "CartPole-v1", "--hyperparams", "/no/such/file.yml"], "does not exist"),
+    (["evaluate", "/no/such/model.zip", "--env", "CartPole-v1"], "model file /no/such/model.zip does not exist"),
+])
+def test_bad_input_is_one_line_and_exit_status_2(capsys, argv, message):
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("rlgen: error: ")
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_bad_hyperparameter_value_is_a_usage_error(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "train", "rainbow", "--env", "CartPole-v1", "--output", str(tmp_path),
+                           "-p", "gamma=1.5", "--no-progress")
+    assert code == 2
+    assert "gamma" in err and err.count("\n") == 1
+
+
+def test_console_script_help_and_unknown_algorithm_exit_status():
+    help_run = subprocess.run([sys.executable, "-m", "rlgen_plugins.cli", "--help"], capture_output=True, text=True)
+    assert help_run.returncode == 0
+    for command in ("plugins", "train", "evaluate", "diffusion"):
+        assert command in help_run.stdout
+    bad = subprocess.run([sys.executable, "-m", "rlgen_plugins.cli", "train", "nope", "--env", "CartPole-v1"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [bad.stderr.strip()]
+
+
+def test_plugins_table_lists_builtins_with_distribution(capsys):
+    code, out, _ = run_cli(capsys, "plugins")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split()[:4] == ["PLUGIN", "DISTRIBUTION", "VERSION", "STATUS"]
+    rainbow_row = next(line for line in lines if line.startswith("rlgen-rainbow"))
+    assert "rlgen" in rainbow_row and "algorithms: rainbow" in rainbow_row
+
+
+def test_parse_overrides_types_values():
+    parsed = rl_run.parse_overrides(["learning_rate=1e-3", "n_steps=3", "double_q=false", "name=abc",
+                                     "policy_kwargs={net_arch: [64, 64]}"])
+    assert parsed == {"learning_rate": 1e-3, "n_steps": 3, "double_q": False, "name": "abc",
+                      "policy_kwargs": {"net_arch": [64, 64]}}
+
+
+def test_presets_resolve_class_strings_and_counts(tmp_path):
+    path = tmp_path / "h.yml"
+    path.write_text("Foo-v0:\n  n_timesteps: 5e4\n  policy_kwargs:\n    activation_fn: 'torch.nn:Tanh'\n"
+                    "  replay_buffer_class: PrioritizedReplayBuffer\n")
+    preset = presets.load_preset("rainbow", "Foo-v0", path=path)
+    import torch
+
+    assert preset["n_timesteps"] == 50_000
+    assert preset["policy_kwargs"]["activation_fn"] is torch.nn.Tanh
+    assert preset["replay_buffer_class"] == "PrioritizedReplayBuffer"  # a registry name stays a name
+    assert presets.load_preset("rainbow", "Bar-v0", path=path) == {}
+
+
+def test_shipped_presets_cover_the_documented_environments():
+    envs = presets.available_presets("rainbow")
+    assert "CartPole-v1" in envs and "Acrobot-v1" in envs
+    assert any(env.startswith("MinAtar/") for env in envs)
+    assert any("NoFrameskip" in env or env.startswith("ALE/") for env in envs)
+
+
+def test_train_then_evaluate_end_to_end(capsys, tmp_path):
+    out_dir = tmp_path / "run"
+    code, out, err = run_cli(capsys, "train", "rainbow", "--env", "CartPole-v1", "--timesteps", "300",
+                             "--seed", "3", "--eval-freq", "100", "--eval-episodes", "2", "--output", str(out_dir),
+                             "--no-progress", *TINY)
+    assert code == 0, err
+    for name in ("model.zip", "evaluations.csv", "learning_curve.png", "rlgen.json"):
+        assert (out_dir / name).is_file() and str(out_dir / name) in out
+    with open(out_dir / "evaluations.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["timesteps"]) for r in rows] == [100, 200, 300]
+    assert all(1 <= float(r["mean_return"]) <= 500 for r in rows)
+    assert (out_dir / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    info = json.loads((out_dir / "rlgen.json").read_text())
+    assert (info["algo"], info["env"], info["timesteps"]) == ("rainbow", "CartPole-v1", 300)
+
+    code, out, err = run_cli(capsys, "evaluate", str(out_dir / "model.zip"), "--env", "CartPole-v1",
+                             "--episodes", "3")
+    assert code == 0, err
+    mean = float(out.split("mean return ")[1].split()[0])
+    assert 1 <= mean <= 500
