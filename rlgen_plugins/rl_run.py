@@ -167,7 +167,8 @@ def plot_learning_curve(timesteps: Sequence[int], means: Sequence[float], stds: 
     ax.set_ylabel("return")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    if len(t) or threshold is not None:
+        ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -202,13 +203,16 @@ def train(algo: str, env_id: str, *, timesteps: int | None = None, seed: int | N
     try:
         model = algo_cls(policy, env, seed=seed, verbose=verbose, device=device, **hyperparams)
     except (ValueError, KeyError, TypeError) as exc:
+        env.close()
+        eval_env.close()
         raise UsageError(f"{algo}: {exc}") from None
-
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
+
     stop = StopTrainingOnRewardThreshold(target_reward, verbose=0) if target_reward is not None else None
+    # EvalCallback records its results only when given a log_path (it also writes evaluations.npz there)
     evaluator = EvalCallback(eval_env, n_eval_episodes=eval_episodes, eval_freq=max(eval_freq // n_envs, 1),
-                             deterministic=True, callback_on_new_best=stop, verbose=0)
+                             deterministic=True, callback_on_new_best=stop, log_path=str(out), verbose=0)
     interrupted = False
     try:
         model.learn(total_timesteps=total, callback=evaluator, progress_bar=progress_bar)
