@@ -45,6 +45,12 @@ def check_env_id(env_id: str) -> None:
             import ale_py  # noqa: F401  (registers the Atari environments)
         except ImportError:
             raise UsageError(f"environment {env_id!r} needs ale-py: pip install 'rlgen[atari]'") from None
+    if env_id.startswith("MinAtar/") and env_id not in gym.registry:
+        try:
+            from minatar.gym import register_envs  # gymnasium >= 1.0 no longer loads MinAtar's entry point
+        except ImportError:
+            raise UsageError(f"environment {env_id!r} needs MinAtar: pip install 'rlgen[minatar]'") from None
+        register_envs()
     try:
         gym.spec(env_id)
     except gym.error.Error:

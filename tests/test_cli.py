@@ -113,3 +113,10 @@ def test_train_then_evaluate_end_to_end(capsys, tmp_path):
     assert code == 0, err
     mean = float(out.split("mean return ")[1].split()[0])
     assert 1 <= mean <= 500
+
+
+def test_minatar_ids_are_registered_on_demand():
+    import gymnasium as gym
+
+    rl_run.check_env_id("MinAtar/Breakout-v1")
+    assert gym.spec("MinAtar/Breakout-v1").entry_point == "minatar.gym:BaseEnv"
