@@ -1,0 +1,157 @@
+"""Sampling helpers shared by training previews, `rlgen diffusion sample` and evaluation.
+
+`sampling_scheduler` swaps the trained DDPM scheduler for DDIM or DPM-Solver++ through `from_config` (the same
+betas and prediction type); `generate` runs the reverse process the way diffusers pipelines do (scale by
+`init_noise_sigma`, `scale_model_input`, pass `generator` only where `step` accepts it) and can keep the trajectory
+for a denoising GIF. Image helpers turn [-1, 1] tensors into PNG grids and GIFs.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from PIL import Image
+
+SCHEDULER_NAMES = ("ddpm", "ddim", "dpm-solver++")
+_EXTRA_CONFIG = {"dpm-solver++": {"algorithm_type": "dpmsolver++", "solver_order": 2}}
+
+
+class UnknownSchedulerError(ValueError):
+    """Scheduler name not registered."""
+
+
+def _scheduler_class(name: str, base: Any):
+    if name == "ddpm":
+        return type(base)
+    try:
+        import registry
+
+        return registry.get("schedulers", name)
+    except ImportError:
+        pass
+    except LookupError as exc:
+        if name not in SCHEDULER_NAMES:
+            raise UnknownSchedulerError(
+                f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULER_NAMES)}") from exc
+    if name == "ddim":
+        from diffusers import DDIMScheduler
+
+        return DDIMScheduler
+    if name == "dpm-solver++":
+        from diffusers import DPMSolverMultistepScheduler
+
+        return DPMSolverMultistepScheduler
+    raise UnknownSchedulerError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULER_NAMES)}")
+
+
+def sampling_scheduler(base: Any, name: str = "ddpm"):
+    """A fresh scheduler of kind ``name`` built from the trained scheduler's config (same betas and target)."""
+    cls = _scheduler_class(name, base)
+    return cls.from_config(base.config, **_EXTRA_CONFIG.get(name, {}))
+
+
+def _image_shape(unet: Any) -> tuple[int, int, int]:
+    size = unet.config.sample_size
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    return unet.config.in_channels, h, w
+
+
+@torch.no_grad()
+def generate(
+    unet: torch.nn.Module,
+    scheduler: Any,
+    n: int,
+    num_inference_steps: int,
+    generator: torch.Generator | None = None,
+    batch_size: int = 256,
+    keep_trajectory: int = 0,
+    progress: bool = False,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Sample ``n`` images in [-1, 1] (CPU tensor) and, if ``keep_trajectory`` > 0, that many evenly spaced
+    intermediate batches of the first batch (predicted x_t, noisy to clean) for a GIF."""
+    train_steps = scheduler.config.num_train_timesteps
+    if not 1 <= num_inference_steps <= train_steps:
+        raise ValueError(f"num_inference_steps must be in [1, {train_steps}] for this model, got {num_inference_steps}")
+    device = next(unet.parameters()).device
+    dtype = next(unet.parameters()).dtype
+    c, h, w = _image_shape(unet)
+    takes_generator = "generator" in inspect.signature(scheduler.step).parameters
+    images: list[torch.Tensor] = []
+    frames: list[torch.Tensor] = []
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=n * num_inference_steps, desc="sampling", unit="img-step", disable=not progress, leave=False)
+    for start in range(0, n, batch_size):
+        b = min(batch_size, n - start)
+        scheduler.set_timesteps(num_inference_steps, device=device)
+        x = torch.randn((b, c, h, w), generator=generator, dtype=torch.float32).to(device)
+        x = x * scheduler.init_noise_sigma
+        timesteps = scheduler.timesteps
+        keep_at = set()
+        if start == 0 and keep_trajectory > 0:
+            keep_at = {round(i * (len(timesteps) - 1) / max(keep_trajectory - 1, 1)) for i in range(keep_trajectory)}
+        for i, t in enumerate(timesteps):
+            model_in = scheduler.scale_model_input(x, t).to(dtype)
+            out = unet(model_in, t).sample.float()
+            kwargs = {"generator": generator} if takes_generator else {}
+            x = scheduler.step(out, t, x, **kwargs).prev_sample
+            if i in keep_at:
+                frames.append(x.clamp(-1, 1).cpu())
+            bar.update(b)
+        images.append(x.clamp(-1, 1).cpu())
+    bar.close()
+    return torch.cat(images), frames
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] float images -> uint8 in [0, 255], same shape."""
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def make_grid_image(images: torch.Tensor, nrow: int | None = None, scale: int = 1) -> Image.Image:
+    """Tile a (N, C, H, W) batch in [-1, 1] into one PIL image (nearest upscaling by ``scale``)."""
+    from torchvision.utils import make_grid
+
+    nrow = nrow or max(1, int(math.ceil(math.sqrt(images.shape[0]))))
+    grid = make_grid(to_uint8(images), nrow=nrow, padding=1, pad_value=0)
+    array = grid.permute(1, 2, 0).numpy()
+    img = Image.fromarray(array[:, :, 0] if images.shape[1] == 1 else array, mode="L" if images.shape[1] == 1 else "RGB")
+    return img.resize((img.width * scale, img.height * scale), Image.NEAREST) if scale > 1 else img
+
+
+def _atomic_save(save, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        save(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600 files
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = None, scale: int = 4) -> Path:
+    """Write a PNG sample grid atomically."""
+    img = make_grid_image(images, nrow, scale)
+    return _atomic_save(lambda p: img.save(p, format="PNG"), Path(path))
+
+
+def save_gif(frames: Sequence[torch.Tensor], path: str | os.PathLike, nrow: int | None = None, scale: int = 4,
+             duration_ms: int = 120) -> Path:
+    """Write a denoising GIF (one grid per frame, last frame held longer) atomically."""
+    if not frames:
+        raise ValueError("no frames to write")
+    imgs = [make_grid_image(f, nrow, scale).convert("P") for f in frames]
+    durations = [duration_ms] * (len(imgs) - 1) + [duration_ms * 10]
+    return _atomic_save(
+        lambda p: imgs[0].save(p, format="GIF", save_all=True, append_images=imgs[1:], duration=durations, loop=0),
+        Path(path),
+    )

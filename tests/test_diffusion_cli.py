@@ -1,0 +1,149 @@
+"""`rlgen diffusion train | sample | evaluate`: outputs as paths, exit codes, and clear messages for bad input."""
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import diffusion.train as dtrain
+from rlgen_plugins.cli import main
+
+TINY = ["--image-size", "8", "--dim", "8", "--dim-mults", "1,2", "--timesteps", "20", "--batch-size", "8",
+        "--sample-every", "0", "--no-progress"]
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["diffusion", "train", "--steps", "2", "--output", str(out), *TINY]) == 0
+    return out
+
+
+def test_module_import_is_torch_free():
+    code = "import sys, rlgen_plugins.diffusion_cli; print(sorted(m for m in ('torch', 'diffusers', 'datasets') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            cwd=Path(__file__).resolve().parents[1],
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert result.stdout.strip() == "[]"
+
+
+def test_train_prints_output_paths(trained, capsys):
+    assert (trained / "pipeline" / "model_index.json").is_file()
+    code, out, _ = run(capsys, "diffusion", "train", "--steps", "3", "--output", str(trained), "--resume", "latest",
+                       "--no-progress")
+    assert code == 0
+    lines = out.strip().splitlines()
+    assert lines[0].startswith("trained 3 steps")
+    assert str(trained / "pipeline") in lines and str(trained / "checkpoints" / "step-00000003.pt") in lines
+    assert all(Path(line).exists() for line in lines[1:])
+
+
+def test_sample_writes_grid_and_gif(trained, capsys, tmp_path):
+    target = tmp_path / "grid.png"
+    code, out, _ = run(capsys, "diffusion", "sample", str(trained), "--scheduler", "ddim", "--steps", "3", "--n", "4",
+                       "--output", str(target), "--gif", "--no-progress")
+    assert code == 0
+    assert out.split() == [str(target), str(target.with_suffix(".gif"))]
+    assert Image.open(target).size == (4 * 19, 4 * 19)
+    code, out, _ = run(capsys, "diffusion", "sample", str(trained / "pipeline"), "--scheduler", "dpm-solver++",
+                       "--steps", "2", "--n", "1", "--no-progress")
+    assert code == 0 and Path(out.strip()) == trained / "samples" / "sample-dpm-solver++-2.png"
+
+
+def test_unknown_scheduler_is_a_usage_error(trained, capsys):
+    code, out, err = run(capsys, "diffusion", "sample", str(trained), "--scheduler", "eulerr")
+    assert code == 2 and "unknown scheduler 'eulerr'" in err and "Traceback" not in err
+    code, _, err = run(capsys, "diffusion", "evaluate", str(trained), "--scheduler", "nope")
+    assert code == 2 and "unknown scheduler 'nope'" in err
+
+
+def test_bad_sample_arguments(trained, capsys, tmp_path):
+    code, _, err = run(capsys, "diffusion", "sample", str(trained), "--scheduler", "ddpm", "--steps", "50")
+    assert code == 2 and "between 1 and 20" in err
+    code, _, err = run(capsys, "diffusion", "sample", str(tmp_path))
+    assert code == 2 and "model_index.json" in err
+    code, _, err = run(capsys, "diffusion", "sample", str(trained), "--n", "0")
+    assert code == 2 and "--n" in err
+
+
+def test_evaluate_prints_json_and_writes_report(trained, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("RLGEN_CACHE_DIR", str(tmp_path / "cache"))
+    code, out, _ = run(capsys, "diffusion", "evaluate", str(trained), "--n", "20", "--scheduler", "ddim", "--steps",
+                       "2", "--json", "--no-progress")
+    assert code == 0
+    line, path = out.strip().splitlines()
+    report = json.loads(line)
+    assert report["n"] == 20 and report["floor_fid"] > 0 and sum(report["class_histogram"]) == 20
+    assert json.loads(Path(path).read_text()) == report
+    assert list((tmp_path / "cache" / "classifiers").glob("*.safetensors"))
+
+
+def test_unreachable_dataset_and_empty_folder(capsys, tmp_path):
+    code, _, err = run(capsys, "diffusion", "train", "--dataset", "nobody/nothing-here", "--output",
+                       str(tmp_path / "a"), *TINY)
+    assert code == 2 and "--dataset digits" in err and err.count("\n") == 1
+    (tmp_path / "empty").mkdir()
+    code, _, err = run(capsys, "diffusion", "train", "--dataset", str(tmp_path / "empty"), "--output",
+                       str(tmp_path / "b"), *TINY)
+    assert code == 2 and "no images found" in err
+
+
+def test_corrupt_checkpoint_exits_with_message(capsys, tmp_path):
+    out = tmp_path / "run"
+    assert main(["diffusion", "train", "--steps", "1", "--output", str(out), *TINY]) == 0
+    ckpt = out / "checkpoints" / "step-00000001.pt"
+    ckpt.write_bytes(b"not a checkpoint")
+    code, _, err = run(capsys, "diffusion", "train", "--steps", "2", "--output", str(out), "--resume", "latest",
+                       "--no-progress")
+    assert code == 1 and "corrupt" in err and str(ckpt) in err
+    assert ckpt.read_bytes() == b"not a checkpoint"
+    code, _, err = run(capsys, "diffusion", "train", "--steps", "2", "--output", str(out), *TINY)
+    assert code == 1 and "--resume latest" in err  # a fresh run never silently replaces the old one
+
+
+def test_ctrl_c_checkpoints_and_tells_how_to_resume(capsys, tmp_path, monkeypatch):
+    real_train = dtrain.train
+
+    def interrupted_train(config):
+        return real_train(config, on_step=lambda step, loss: os.kill(os.getpid(), signal.SIGINT))
+
+    monkeypatch.setattr(dtrain, "train", interrupted_train)
+    out = tmp_path / "run"
+    code, _, err = run(capsys, "diffusion", "train", "--steps", "5", "--output", str(out), *TINY)
+    assert code == 130
+    assert "interrupted at step 1" in err and "--resume latest" in err
+    assert (out / "checkpoints" / "step-00000001.pt").is_file()
+
+
+def test_nan_loss_exits_with_step_and_last_loss(capsys, tmp_path, monkeypatch):
+    real = dtrain.diffusion_loss
+    calls = {"n": 0}
+
+    def flaky(pred, target, kind):
+        calls["n"] += 1
+        return real(pred, target, kind) * (float("nan") if calls["n"] == 3 else 1.0)
+
+    monkeypatch.setattr(dtrain, "diffusion_loss", flaky)
+    code, _, err = run(capsys, "diffusion", "train", "--steps", "5", "--output", str(tmp_path / "r"), *TINY)
+    assert code == 1 and "at step 3" in err and "last finite loss" in err and "step-00000002.pt" in err
+
+
+def test_bad_train_options(capsys, tmp_path):
+    code, _, err = run(capsys, "diffusion", "train", "--dim-mults", "1,x", "--output", str(tmp_path))
+    assert code == 2 and "--dim-mults" in err
+    code, _, err = run(capsys, "diffusion", "train", "--schedule", "wiggly", "--steps", "1", "--output",
+                       str(tmp_path / "s"), *TINY)
+    assert code == 2 and "wiggly" in err
+    code, _, err = run(capsys, "diffusion", "train", "--resume", "latest", "--output", str(tmp_path / "none"))
+    assert code == 2 and "not a training run" in err
+    assert main(["diffusion"]) == 2
