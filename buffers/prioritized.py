@@ -87,6 +87,12 @@ class _PrioritizedMixin:
         """Number of stored transitions over all envs (``size() * n_envs``)."""
         return self.size() * self.n_envs  # type: ignore[attr-defined]
 
+    def add(self, *args: Any, **kwargs: Any) -> None:
+        """Store one step of every env (SB3 semantics) with the maximum priority seen so far."""
+        row = self.pos
+        super().add(*args, **kwargs)  # type: ignore[misc]
+        self._after_add(row)
+
     def _after_add(self, row: int) -> None:
         # New transitions get the maximum priority seen so far.
         leaf = (self.max_priority + self.epsilon) ** self.alpha
@@ -184,13 +190,6 @@ class PrioritizedReplayBuffer(_PrioritizedMixin, ReplayBuffer):
                          optimize_memory_usage, handle_timeout_termination)
         self._init_priorities(alpha, beta, epsilon, n_steps, gamma)
 
-    def add(self, obs: np.ndarray, next_obs: np.ndarray, action: np.ndarray, reward: np.ndarray, done: np.ndarray,
-            infos: list[dict[str, Any]]) -> None:
-        """Store one step of every env (SB3 semantics) with the maximum priority seen so far."""
-        row = self.pos
-        super().add(obs, next_obs, action, reward, done, infos)
-        self._after_add(row)
-
     def sample(self, batch_size: int, env: VecNormalize | None = None,  # type: ignore[override]
                beta: float | None = None) -> PrioritizedReplayBufferSamples:
         """Draw ``batch_size`` transitions in proportion to priority (stratified), with n-step targets."""
@@ -239,13 +238,6 @@ class DictPrioritizedReplayBuffer(_PrioritizedMixin, DictReplayBuffer):
         super().__init__(buffer_size, observation_space, action_space, device, n_envs,
                          optimize_memory_usage, handle_timeout_termination)
         self._init_priorities(alpha, beta, epsilon, n_steps, gamma)
-
-    def add(self, obs: dict[str, np.ndarray], next_obs: dict[str, np.ndarray],  # type: ignore[override]
-            action: np.ndarray, reward: np.ndarray, done: np.ndarray, infos: list[dict[str, Any]]) -> None:
-        """Store one step of every env (SB3 semantics) with the maximum priority seen so far."""
-        row = self.pos
-        super().add(obs, next_obs, action, reward, done, infos)
-        self._after_add(row)
 
     def sample(self, batch_size: int, env: VecNormalize | None = None,  # type: ignore[override]
                beta: float | None = None) -> DictPrioritizedReplayBufferSamples:
