@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import PIL.Image
@@ -24,6 +24,33 @@ class UnconditionalPipelineOutput(BaseOutput):
 
     images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
     trajectory: list[Any] | None = None
+
+
+def denoise(
+    unet: torch.nn.Module,
+    scheduler: SchedulerMixin,
+    x: torch.Tensor,
+    generator: torch.Generator | list[torch.Generator] | None = None,
+    eta: float = 0.0,
+    on_step: Callable[[int, torch.Tensor], None] | None = None,
+    progress: Callable[[Iterable], Iterable] | None = None,
+) -> torch.Tensor:
+    """Run the reverse process x_T -> x_0 over ``scheduler.timesteps`` (``set_timesteps`` must have been called).
+
+    Works with any diffusers scheduler: ``scale_model_input`` before the model, and ``generator``/``eta`` passed to
+    ``step`` only when it accepts them. ``x`` keeps its dtype; the model sees its own dtype (mixed precision).
+    ``on_step(i, x_t)`` is called after every step (trajectories, progress).
+    """
+    accepted = inspect.signature(scheduler.step).parameters
+    step_kwargs = {k: v for k, v in (("generator", generator), ("eta", eta)) if k in accepted}
+    timesteps = scheduler.timesteps if progress is None else progress(scheduler.timesteps)
+    for i, t in enumerate(timesteps):
+        model_input = scheduler.scale_model_input(x, t).to(unet.dtype)
+        model_output = unet(model_input, t).sample.to(x.dtype)
+        x = scheduler.step(model_output, t, x, **step_kwargs).prev_sample
+        if on_step is not None:
+            on_step(i, x)
+    return x
 
 
 class UnconditionalPipeline(DiffusionPipeline):
@@ -82,16 +109,10 @@ class UnconditionalPipeline(DiffusionPipeline):
         x = x * self.scheduler.init_noise_sigma
 
         self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
-        accepted = inspect.signature(self.scheduler.step).parameters
-        step_kwargs = {k: v for k, v in (("generator", generator), ("eta", eta)) if k in accepted}
         trajectory = [self._postprocess(x, output_type)] if return_trajectory else None
-
-        for t in self.progress_bar(self.scheduler.timesteps):
-            model_input = self.scheduler.scale_model_input(x, t)
-            model_output = self.unet(model_input, t).sample
-            x = self.scheduler.step(model_output, t, x, **step_kwargs).prev_sample
-            if trajectory is not None:
-                trajectory.append(self._postprocess(x, output_type))
+        on_step = None if trajectory is None else (lambda i, x_t: trajectory.append(self._postprocess(x_t, output_type)))
+        x = denoise(self.unet, self.scheduler, x, generator=generator, eta=eta, on_step=on_step,
+                    progress=self.progress_bar)
 
         images = self._postprocess(x, output_type)
         self.maybe_free_model_hooks()

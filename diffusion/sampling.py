@@ -7,7 +7,6 @@ for a denoising GIF. Image helpers turn [-1, 1] tensors into PNG grids and GIFs.
 """
 from __future__ import annotations
 
-import inspect
 import math
 import os
 import tempfile
@@ -16,6 +15,8 @@ from typing import Any, Sequence
 
 import torch
 from PIL import Image
+
+from diffusion.pipeline import denoise
 
 SCHEDULER_NAMES = ("ddpm", "ddim", "dpm-solver++")
 _EXTRA_CONFIG = {"dpm-solver++": {"algorithm_type": "dpmsolver++", "solver_order": 2}}
@@ -78,9 +79,7 @@ def generate(
     if not 1 <= num_inference_steps <= train_steps:
         raise ValueError(f"num_inference_steps must be in [1, {train_steps}] for this model, got {num_inference_steps}")
     device = next(unet.parameters()).device
-    dtype = next(unet.parameters()).dtype
     c, h, w = _image_shape(unet)
-    takes_generator = "generator" in inspect.signature(scheduler.step).parameters
     images: list[torch.Tensor] = []
     frames: list[torch.Tensor] = []
     from tqdm.auto import tqdm
@@ -91,18 +90,17 @@ def generate(
         scheduler.set_timesteps(num_inference_steps, device=device)
         x = torch.randn((b, c, h, w), generator=generator, dtype=torch.float32).to(device)
         x = x * scheduler.init_noise_sigma
-        timesteps = scheduler.timesteps
+        last = len(scheduler.timesteps) - 1
         keep_at = set()
         if start == 0 and keep_trajectory > 0:
-            keep_at = {round(i * (len(timesteps) - 1) / max(keep_trajectory - 1, 1)) for i in range(keep_trajectory)}
-        for i, t in enumerate(timesteps):
-            model_in = scheduler.scale_model_input(x, t).to(dtype)
-            out = unet(model_in, t).sample.float()
-            kwargs = {"generator": generator} if takes_generator else {}
-            x = scheduler.step(out, t, x, **kwargs).prev_sample
+            keep_at = {round(i * last / max(keep_trajectory - 1, 1)) for i in range(keep_trajectory)}
+
+        def on_step(i: int, x_t: torch.Tensor, keep_at: set[int] = keep_at, b: int = b) -> None:
             if i in keep_at:
-                frames.append(x.clamp(-1, 1).cpu())
+                frames.append(x_t.clamp(-1, 1).cpu())
             bar.update(b)
+
+        x = denoise(unet, scheduler, x, generator=generator, on_step=on_step)
         images.append(x.clamp(-1, 1).cpu())
     bar.close()
     return torch.cat(images), frames
