@@ -58,9 +58,10 @@ def rainbow_kwargs(overrides: dict[str, Any]) -> tuple[str, int, dict[str, Any]]
 class SolveTracker(BaseCallback):
     """Evaluate every ``eval_freq`` steps until the deterministic mean first reaches ``SOLVED``."""
 
-    def __init__(self, eval_env: Any, eval_freq: int, n_episodes: int) -> None:
+    def __init__(self, eval_env: Any, eval_freq: int, n_episodes: int, stop_when_solved: bool = False) -> None:
         super().__init__()
         self.eval_env, self.eval_freq, self.n_episodes = eval_env, eval_freq, n_episodes
+        self.stop_when_solved = stop_when_solved
         self.solved_at: int | None = None
         self.history: list[tuple[int, float]] = []
 
@@ -73,6 +74,7 @@ class SolveTracker(BaseCallback):
         if self.solved_at is None and self.num_timesteps % self.eval_freq == 0:
             if self.evaluate() >= SOLVED:
                 self.solved_at = self.num_timesteps
+                return not self.stop_when_solved
         return True
 
 
@@ -82,7 +84,7 @@ def run_seed(seed: int, args: argparse.Namespace, overrides: dict[str, Any]) -> 
     env = make_vec_env(ENV_ID, n_envs=1, seed=seed)
     eval_env = make_vec_env(ENV_ID, n_envs=args.eval_episodes, seed=10_000 + seed)
     model = Rainbow(policy, env, seed=seed, **kwargs)
-    tracker = SolveTracker(eval_env, args.eval_freq, args.eval_episodes)
+    tracker = SolveTracker(eval_env, args.eval_freq, args.eval_episodes, args.stop_when_solved)
     start = time.perf_counter()
     model.learn(total, callback=tracker)
     train_s = time.perf_counter() - start
@@ -145,6 +147,8 @@ def main() -> None:
     parser.add_argument("--eval-freq", type=int, default=500)
     parser.add_argument("--eval-episodes", type=int, default=20)
     parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--stop-when-solved", action="store_true",
+                        help="end a seed's training at its first eval >= 475 (for tuning; eval_at_end is then that)")
     parser.add_argument("--throughput-steps", type=int, default=1500, help="measured steps per algorithm")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved measurement blocks per algorithm")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 = fair on a shared machine)")

@@ -39,10 +39,11 @@ class MLP(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.activation = activation_fn()
         self.out_features = out_features if out_features is not None else sizes[-1]
+        self.noisy = noisy
 
     def forward(self, x: th.Tensor, noise: bool = True) -> th.Tensor:
         for i, layer in enumerate(self.layers):
-            x = layer(x, noise) if isinstance(layer, NoisyLinear) else layer(x)
+            x = layer(x, noise) if self.noisy else layer(x)
             if i < self.n_hidden:
                 x = self.activation(x)
         return x
@@ -59,6 +60,9 @@ class QHead(nn.Module):
     ``net_arch`` lists hidden sizes. Without dueling they form one MLP. With dueling all but the last
     hidden layer are shared and the last one is duplicated into a value and an advantage stream, as in
     the Rainbow paper's Atari network (each stream: hidden layer, then output layer).
+    With ``shared_trunk`` (dueling only) every hidden layer is shared and the streams are just the value and
+    advantage output layers, stacked into one linear map ``value_advantage`` (about half the work of two
+    streams; fewer, larger ops are what counts for small networks on CPU).
     With ``n_atoms == 1`` the "logits" are plain Q-values.
     """
 
@@ -72,19 +76,28 @@ class QHead(nn.Module):
         noisy: bool = True,
         noisy_std: float = 0.5,
         n_atoms: int = 51,
+        shared_trunk: bool = False,
     ) -> None:
         super().__init__()
         self.n_actions = n_actions
         self.n_atoms = n_atoms
         self.dueling = dueling
-        if dueling:
+        self.shared_trunk = shared_trunk and dueling
+        if dueling and not shared_trunk:
             shared, stream = list(net_arch[:-1]), list(net_arch[-1:])
         else:
             shared, stream = list(net_arch), []
         self.trunk = MLP(features_dim, shared, None, activation_fn, noisy, noisy_std)
         trunk_out = self.trunk.out_features
-        self.advantage = MLP(trunk_out, stream, n_actions * n_atoms, activation_fn, noisy, noisy_std)
-        self.value = MLP(trunk_out, stream, n_atoms, activation_fn, noisy, noisy_std) if dueling else None
+        self.advantage: MLP | None = None
+        self.value: MLP | None = None
+        self.value_advantage: nn.Module | None = None
+        if self.shared_trunk:
+            # Rows [0, n_atoms) are the value layer V(s), the rest the advantage layer A(s, .), one per action.
+            self.value_advantage = make_linear(trunk_out, (n_actions + 1) * n_atoms, noisy, noisy_std)
+        else:
+            self.advantage = MLP(trunk_out, stream, n_actions * n_atoms, activation_fn, noisy, noisy_std)
+            self.value = MLP(trunk_out, stream, n_atoms, activation_fn, noisy, noisy_std) if dueling else None
         self.noisy_layers = [m for m in self.modules() if isinstance(m, NoisyLinear)]
         total = sum(layer.noise_size for layer in self.noisy_layers)
         self.register_buffer("noise", th.zeros(total), persistent=False)
@@ -113,6 +126,12 @@ class QHead(nn.Module):
 
     def forward(self, features: th.Tensor, noise: bool = True) -> th.Tensor:
         hidden = self.trunk(features, noise)
+        if self.value_advantage is not None:  # shared trunk: one output layer for V and A
+            layer = self.value_advantage
+            out = layer(hidden, noise) if self.trunk.noisy else layer(hidden)
+            out = out.view(-1, self.n_actions + 1, self.n_atoms)
+            return dueling_combine(out[:, :1], out[:, 1:])
+        assert self.advantage is not None
         advantage = self.advantage(hidden, noise).view(-1, self.n_actions, self.n_atoms)
         if self.value is None:
             return advantage
@@ -122,4 +141,9 @@ class QHead(nn.Module):
 
 def categorical_q_values(logits: th.Tensor, support: th.Tensor) -> th.Tensor:
     """Q(s, a) = sum_i z_i p_i(s, a) with p = softmax over atoms (Bellemare et al. 2017, eq. 1)."""
-    return (logits.softmax(dim=-1) * support).sum(dim=-1)
+    return categorical_expectation(logits.softmax(dim=-1), support)
+
+
+def categorical_expectation(probs: th.Tensor, support: th.Tensor) -> th.Tensor:
+    """Q(s, a) = sum_i z_i p_i(s, a) from probabilities already computed (one matrix-vector product)."""
+    return probs @ support

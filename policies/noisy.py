@@ -13,8 +13,7 @@ from torch.nn import functional as F
 def sample_scaled_noise_(out: th.Tensor) -> th.Tensor:
     """Fill ``out`` in place with f(x) = sgn(x) sqrt(|x|), x ~ N(0, 1) (paper, eq. 10); returns ``out``."""
     out.normal_()
-    magnitude = out.abs().sqrt_()
-    return out.sign_().mul_(magnitude)
+    return th.copysign(out.abs().sqrt_(), out, out=out)  # sqrt(|x|) with the sign of x, written back into out
 
 
 class NoisyLinear(nn.Module):

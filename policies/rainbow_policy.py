@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.preprocessing import is_image_space
 from stable_baselines3.common.torch_layers import (
     BaseFeaturesExtractor,
     CombinedExtractor,
@@ -55,6 +57,7 @@ class RainbowQNetwork(BasePolicy):
         n_atoms: int = 51,
         v_min: float = -10.0,
         v_max: float = 10.0,
+        shared_trunk: bool = False,
     ) -> None:
         super().__init__(
             observation_space, action_space, features_extractor=features_extractor, normalize_images=normalize_images
@@ -65,8 +68,10 @@ class RainbowQNetwork(BasePolicy):
         self.features_dim = features_dim
         self.dueling, self.noisy, self.noisy_std = dueling, noisy, noisy_std
         self.n_atoms, self.v_min, self.v_max = n_atoms, float(v_min), float(v_max)
+        self.shared_trunk = shared_trunk
         self.head = QHead(
-            features_dim, int(action_space.n), self.net_arch, activation_fn, dueling, noisy, noisy_std, n_atoms
+            features_dim, int(action_space.n), self.net_arch, activation_fn, dueling, noisy, noisy_std, n_atoms,
+            shared_trunk,
         )
         # The support z_i is derived from v_min/v_max: rebuild it rather than save it.
         support = th.linspace(self.v_min, self.v_max, n_atoms) if n_atoms > 1 else th.zeros(1)
@@ -112,6 +117,7 @@ class RainbowQNetwork(BasePolicy):
                 n_atoms=self.n_atoms,
                 v_min=self.v_min,
                 v_max=self.v_max,
+                shared_trunk=self.shared_trunk,
             )
         )
         return data
@@ -128,6 +134,8 @@ class RainbowPolicy(BasePolicy):
     :param n_atoms: atoms of the categorical return distribution (C51: 51); 1 = expected-value head with Huber loss
     :param v_min: lowest atom of the support (paper: -10); pick it for the environment's return scale
     :param v_max: highest atom of the support (paper: 10)
+    :param shared_trunk: with ``dueling``, share every hidden layer and make the value and advantage streams
+        output layers only (cheaper; the paper's streams each have a hidden layer)
     :param optimizer_kwargs: defaults to ``{"eps": 1.5e-4, "fused": True}`` for Adam (the paper's epsilon; fused
         Adam for speed)
     Other parameters are those of SB3's ``DQNPolicy``.
@@ -154,6 +162,7 @@ class RainbowPolicy(BasePolicy):
         n_atoms: int = 51,
         v_min: float = -10.0,
         v_max: float = 10.0,
+        shared_trunk: bool = False,
     ) -> None:
         check_distribution_args(n_atoms, v_min, v_max)
         if noisy and not float(noisy_std) > 0:
@@ -187,6 +196,7 @@ class RainbowPolicy(BasePolicy):
             "n_atoms": n_atoms,
             "v_min": v_min,
             "v_max": v_max,
+            "shared_trunk": shared_trunk,
         }
         self._build(lr_schedule)
 
@@ -203,6 +213,9 @@ class RainbowPolicy(BasePolicy):
         # whole tree through __setattr__. When no module customises train(), set the flags directly.
         modules = list(self.modules())
         self._plain_train_modules = modules if all(type(m).train is nn.Module.train for m in modules) else None
+        # predict() takes a short path for arrays of a Box space that SB3 would not transpose (not an image).
+        space = self.observation_space
+        self._flat_box = isinstance(space, spaces.Box) and not is_image_space(space)
 
     def set_training_mode(self, mode: bool) -> None:
         """Put the policy in training or evaluation mode (affects batch norm / dropout; not the noise)."""
@@ -234,6 +247,30 @@ class RainbowPolicy(BasePolicy):
     def forward(self, obs: PyTorchObs, deterministic: bool = True) -> th.Tensor:
         return self._predict(obs, deterministic=deterministic)
 
+    def predict(
+        self,
+        observation: np.ndarray | dict[str, np.ndarray],
+        state: tuple[np.ndarray, ...] | None = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = False,
+    ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
+        """SB3's ``BasePolicy.predict``, with a short path for a (batch of) non-image Box observation(s).
+
+        Acting runs at every environment step, and SB3's generic conversions (copy, space checks, reshapes)
+        cost more than the tiny network. Same actions, shapes and dtypes; everything else goes through SB3.
+        """
+        space = self.observation_space
+        if getattr(self, "_flat_box", False) and isinstance(observation, np.ndarray):
+            shape = observation.shape
+            vectorized = shape != space.shape and shape[1:] == space.shape
+            if vectorized or shape == space.shape:
+                self.set_training_mode(False)
+                with th.no_grad():
+                    obs = th.as_tensor(observation, device=self.device).reshape(-1, *space.shape)
+                    actions = self._predict(obs, deterministic=deterministic).cpu().numpy()
+                return (actions if vectorized else actions.squeeze(axis=0)), state
+        return super().predict(observation, state, episode_start, deterministic)
+
     def _predict(self, obs: PyTorchObs, deterministic: bool = True) -> th.Tensor:
         return self.q_net._predict(obs, deterministic=deterministic)
 
@@ -254,6 +291,7 @@ class RainbowPolicy(BasePolicy):
                 n_atoms=self.net_args["n_atoms"],
                 v_min=self.net_args["v_min"],
                 v_max=self.net_args["v_max"],
+                shared_trunk=self.net_args["shared_trunk"],
             )
         )
         return data

@@ -55,7 +55,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             args.algo, args.env, timesteps=args.timesteps, seed=args.seed, n_envs=args.n_envs,
             hyperparams_file=args.hyperparams, overrides=rl_run.parse_overrides(args.param), output=output,
             eval_freq=args.eval_freq, eval_episodes=args.eval_episodes, target_reward=target,
-            progress_bar=not args.no_progress, verbose=args.verbose, device=args.device)
+            progress_bar=not args.no_progress, verbose=args.verbose, device=args.device, threads=args.threads)
     except KeyboardInterrupt:
         print(f"interrupted: the model trained so far is in {output}/model.zip", file=sys.stderr)
         return 130
@@ -109,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="stop once the evaluation reaches the environment's reward_threshold")
     stop.add_argument("--target-reward", type=float, help="stop once the evaluation mean reaches this return")
     train.add_argument("--device", default="auto", help="torch device (default auto)")
+    train.add_argument("--threads", type=int, default=1,
+                       help="torch CPU threads (default 1, fastest for small policies; 0 = torch's default)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("-v", "--verbose", type=int, default=0, choices=(0, 1, 2), help="SB3 verbosity")
     train.set_defaults(func=cmd_train)

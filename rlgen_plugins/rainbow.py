@@ -30,6 +30,7 @@ from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 from stable_baselines3.common.utils import LinearSchedule, get_parameters_by_name, polyak_update
 
+from policies.heads import categorical_expectation
 from policies.rainbow_policy import CnnPolicy, MlpPolicy, MultiInputPolicy, RainbowPolicy, check_distribution_args
 from rlgen_plugins.rainbow_targets import (
     categorical_kl,
@@ -43,6 +44,13 @@ SelfRainbow = TypeVar("SelfRainbow", bound="Rainbow")
 
 # Message of SB3 >= 2.7's warning about n_steps with a custom buffer; silenced for buffers we configure ourselves.
 _NSTEP_WARNING = r"`n_steps=\d+` is ignored because a custom `replay_buffer_class`"
+
+
+def _concat_obs(first: Any, second: Any) -> Any:
+    """Stack two observation batches (tensors, or dicts of tensors) along the batch axis."""
+    if isinstance(first, dict):
+        return {key: th.cat([first[key], second[key]]) for key in first}
+    return th.cat([first, second])
 
 
 class UnknownNameError(KeyError, ValueError):
@@ -311,31 +319,44 @@ class Rainbow(OffPolicyAlgorithm):
         self.logger.record("rollout/exploration_rate", self.exploration_rate)
 
     def _per_sample_loss(self, data: Any) -> tuple[th.Tensor, th.Tensor]:
-        """Loss of each transition, shape (batch,), and its raw priority: KL for C51, Huber / |TD error| otherwise."""
+        """Loss of each transition, shape (batch,), and its raw priority: KL for C51, Huber / |TD error| otherwise.
+
+        Three network passes become two: with Double Q the online network sees s and s' in one batch (one noise
+        sample for both, as the paper's online network); the s' half only picks a*, so it is detached.
+        """
         noise = self.noisy
+        q_net = self.q_net
         actions = data.actions.long().view(-1, 1)
-        with th.no_grad():
-            next_logits_target = self.q_net_target.logits(data.next_observations, noise)
-            next_q_target = self.q_net_target.q_values_from_logits(next_logits_target)
-            # Double DQN: the online network (same noise sample as for s) picks the next action.
-            next_q_online = self.q_net(data.next_observations, noise=noise) if self.double_q else next_q_target
-        logits = self.q_net.logits(data.observations, noise)  # (batch, n_actions, n_atoms)
+        if self.double_q:
+            batch = actions.shape[0]
+            both = q_net.logits(_concat_obs(data.observations, data.next_observations), noise)
+            logits, next_logits_online = both[:batch], both[batch:].detach()
+        else:
+            logits = q_net.logits(data.observations, noise)  # (batch, n_actions, n_atoms)
         n_atoms = logits.shape[-1]
         chosen = logits.gather(1, actions.unsqueeze(-1).expand(-1, 1, n_atoms)).squeeze(1)  # (batch, n_atoms)
-        if n_atoms == 1:
-            with th.no_grad():
+        with th.no_grad():
+            next_logits_target = self.q_net_target.logits(data.next_observations, noise)
+            if n_atoms == 1:
+                next_q_target = next_logits_target.squeeze(-1)
+                next_q_online = next_logits_online.squeeze(-1) if self.double_q else next_q_target
                 target_q = double_q_target(
                     data.rewards, data.discounts, data.dones, next_q_online, next_q_target, self.double_q
                 )
+        if n_atoms == 1:
             return huber_td(chosen, target_q), (target_q - chosen).detach().abs().view(-1)
         with th.no_grad():
+            support = q_net.support
+            next_probs_target = next_logits_target.softmax(dim=-1)  # one softmax serves Q-values and the target
+            next_q_target = categorical_expectation(next_probs_target, support)
+            next_q_online = q_net.q_values_from_logits(next_logits_online) if self.double_q else next_q_target
             next_actions = greedy_next_actions(next_q_online, next_q_target, self.double_q)
-            next_probs = next_logits_target.gather(1, next_actions.unsqueeze(-1).expand(-1, 1, n_atoms)).squeeze(1)
-            target_probs = categorical_projection(
-                next_probs.softmax(dim=-1), data.rewards, data.discounts, data.dones, self.q_net.support
-            )
+            next_probs = next_probs_target.gather(1, next_actions.unsqueeze(-1).expand(-1, 1, n_atoms)).squeeze(1)
+            target_probs = categorical_projection(next_probs, data.rewards, data.discounts, data.dones, support)
         kl = categorical_kl(target_probs, chosen)
-        return kl, kl.detach()  # Rainbow prioritises by the KL loss
+        # Rainbow prioritises by the KL loss. KL >= 0, but in float32 it can round to slightly below 0 where the
+        # prediction has converged onto the target (e.g. terminal transitions); the buffer rejects negatives.
+        return kl, kl.detach().clamp_min(0.0)
 
     def train(self, gradient_steps: int, batch_size: int = 100) -> None:
         buffer = self.replay_buffer
@@ -357,7 +378,8 @@ class Rainbow(OffPolicyAlgorithm):
                 loss = (data.weights.view(-1) * per_sample).mean()  # importance-sampling correction w_i
             else:
                 loss = per_sample.mean()
-            self.policy.optimizer.zero_grad()
+            for param in self._trained_parameters:  # optimizer.zero_grad(set_to_none=True) without its wrapper
+                param.grad = None
             loss.backward()
             th.nn.utils.clip_grad_norm_(self._trained_parameters, self.max_grad_norm)
             self.policy.optimizer.step()

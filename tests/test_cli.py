@@ -120,3 +120,15 @@ def test_minatar_ids_are_registered_on_demand():
 
     rl_run.check_env_id("MinAtar/Breakout-v1")
     assert gym.spec("MinAtar/Breakout-v1").entry_point == "minatar.gym:BaseEnv"
+
+
+def test_threads_option_sets_torch_threads_and_rejects_negative(capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(n))
+    calls: list[int] = []
+    rl_run.set_threads(1)
+    rl_run.set_threads(0)
+    assert calls == [1]
+    code, _, err = run_cli(capsys, "train", "rainbow", "--env", "CartPole-v1", "--threads", "-1")
+    assert code == 2 and "--threads must be >= 0, got -1" in err

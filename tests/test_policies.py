@@ -114,6 +114,35 @@ def test_qhead_shapes_and_layers(dueling: bool, noisy: bool, n_atoms: int) -> No
     assert len(head.noisy_layers) == (n_linear if noisy else 0)
 
 
+@pytest.mark.parametrize("noisy", [True, False])
+@pytest.mark.parametrize("n_atoms", [1, 5])
+def test_qhead_shared_trunk_is_dueling_over_one_stacked_output_layer(noisy: bool, n_atoms: int) -> None:
+    th.manual_seed(0)
+    head = QHead(8, 3, [16, 12], dueling=True, noisy=noisy, n_atoms=n_atoms, shared_trunk=True)
+    features = th.randn(4, 8)
+    out = head(features, noise=False)
+    assert out.shape == (4, 3, n_atoms)
+    n_linear = sum(isinstance(m, (th.nn.Linear, NoisyLinear)) for m in head.modules())
+    assert n_linear == 3  # 2 shared hidden layers + one output layer holding V and A
+    assert head.value is None and head.advantage is None
+    assert len(head.noisy_layers) == (3 if noisy else 0)
+    # Rows [0, n_atoms) of the output layer are V, the next 3 * n_atoms are A: Q = V + A - mean_a A.
+    layer = head.value_advantage
+    weight, bias = (layer.weight_mu, layer.bias_mu) if noisy else (layer.weight, layer.bias)
+    raw = th.nn.functional.linear(head.trunk(features, noise=False), weight, bias).view(4, 4, n_atoms)
+    th.testing.assert_close(out, dueling_combine(raw[:, :1], raw[:, 1:]))
+    if noisy:
+        head.reset_noise()
+        th.testing.assert_close(head(features, noise=True), head(features, noise=True))
+        assert not th.allclose(head(features, noise=True), out)
+
+
+def test_shared_trunk_without_dueling_is_a_plain_mlp() -> None:
+    head = QHead(8, 3, [16, 12], dueling=False, noisy=False, n_atoms=5, shared_trunk=True)
+    assert not head.shared_trunk and head.value_advantage is None and head.value is None
+    assert head(th.randn(2, 8)).shape == (2, 3, 5)
+
+
 def test_qhead_reset_noise_resamples_every_layer_with_one_draw() -> None:
     th.manual_seed(0)
     head = QHead(4, 2, [8], dueling=True, noisy=True, n_atoms=3)

@@ -134,6 +134,36 @@ def test_predict_shapes_single_and_vectorised() -> None:
 
 # ---------------------------------------------------------------- test_deterministic
 
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_predict_short_path_matches_sb3_predict(deterministic: bool) -> None:
+    """RainbowPolicy.predict's short path for flat Box observations gives what SB3's BasePolicy.predict gives."""
+    from stable_baselines3.common.policies import BasePolicy
+
+    model = make(make_vec_env("CartPole-v1", n_envs=1, seed=0))
+    model.learn(40)
+    rng = np.random.default_rng(0)
+    for obs in (rng.normal(size=4).astype(np.float32), rng.normal(size=(5, 4)).astype(np.float32),
+                rng.normal(size=(1, 4)), [0.1, 0.0, -0.2, 0.3]):
+        th.manual_seed(1)
+        fast, _ = model.policy.predict(obs, deterministic=deterministic)
+        th.manual_seed(1)
+        slow, _ = BasePolicy.predict(model.policy, obs, deterministic=deterministic)
+        assert isinstance(fast, np.ndarray) and fast.shape == slow.shape and fast.dtype == slow.dtype
+        np.testing.assert_array_equal(fast, slow)
+    with pytest.raises(ValueError):
+        model.policy.predict(np.zeros((2, 3), dtype=np.float32))  # wrong shape: SB3's error
+
+
+def test_shared_trunk_save_load(tmp_path) -> None:
+    model = make(make_vec_env("CartPole-v1", n_envs=1, seed=0), policy_kwargs=dict(TINY_POLICY, shared_trunk=True))
+    model.learn(40)
+    obs = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
+    model.save(tmp_path / "shared")
+    loaded = Rainbow.load(tmp_path / "shared")
+    assert loaded.q_net.head.shared_trunk and loaded.q_net.head.value_advantage is not None
+    np.testing.assert_array_equal(loaded.predict(obs, deterministic=True)[0], model.predict(obs, deterministic=True)[0])
+
+
 def test_same_seed_same_actions_and_rewards() -> None:
     def rollout() -> tuple[np.ndarray, np.ndarray]:
         env = make_vec_env("CartPole-v1", n_envs=1, seed=3)
