@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
                        help="override one hyperparameter (YAML value), repeatable: -p learning_rate=1e-3")
     train.add_argument("--output", metavar="DIR", help="output folder (default: runs/ALGO-ENV)")
-    train.add_argument("--eval-freq", type=int, default=2000, help="evaluate every N steps (default 2000)")
+    train.add_argument("--eval-freq", type=int, default=1000, help="evaluate every N steps (default 1000)")
     train.add_argument("--eval-episodes", type=int, default=10, help="episodes per evaluation (default 10)")
     stop = train.add_mutually_exclusive_group()
     stop.add_argument("--until-solved", action="store_true",

@@ -192,7 +192,7 @@ def plot_learning_curve(timesteps: Sequence[int], means: Sequence[float], stds: 
 
 def train(algo: str, env_id: str, *, timesteps: int | None = None, seed: int | None = None,
           n_envs: int | None = None, hyperparams_file: str | None = None, overrides: dict[str, Any] | None = None,
-          output: str | Path = "runs", eval_freq: int = 2000, eval_episodes: int = 10,
+          output: str | Path = "runs", eval_freq: int = 1000, eval_episodes: int = 10,
           target_reward: float | None = None, progress_bar: bool = True, verbose: int = 0,
           device: str = "auto", threads: int = 1) -> TrainResult:
     """Train ``algo`` on ``env_id`` with periodic deterministic evaluation; save model, log and curve.
