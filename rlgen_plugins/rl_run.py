@@ -12,7 +12,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -146,22 +146,29 @@ def default_policy(observation_space: gym.Space) -> str:
     return "CnnPolicy" if is_image_space(observation_space) else "MlpPolicy"
 
 
-def save_atomically(model: Any, path: Path) -> None:
-    """Write the SB3 zip next to ``path`` and rename it into place, so a crash never leaves half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=path.stem + ".", suffix=".tmp.zip", dir=path.parent)
+def replace_atomically(path: Path, write: Callable[[str], Any], suffix: str = ".tmp") -> None:
+    """Have ``write(tmp)`` fill a temporary file beside ``path``, then rename it into place.
+
+    A crash or an error never leaves half a file at ``path``, and the temporary file is always removed.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
-        model.save(tmp)
+        write(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
+def save_atomically(model: Any, path: Path) -> None:
+    """Write the SB3 zip atomically (the ``.zip`` suffix stops SB3 from appending one to the temporary name)."""
+    replace_atomically(path, model.save, suffix=".tmp.zip")
+
+
 def write_json_atomically(data: dict, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps(data, indent=2, default=str) + "\n"
+    replace_atomically(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def plot_learning_curve(timesteps: Sequence[int], means: Sequence[float], stds: Sequence[float], path: Path,

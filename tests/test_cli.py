@@ -103,6 +103,7 @@ def test_train_then_evaluate_end_to_end(capsys, tmp_path):
     with open(out_dir / "evaluations.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert [int(r["timesteps"]) for r in rows] == [100, 200, 300]
+    assert not [p.name for p in out_dir.iterdir() if p.name.startswith(".")]  # no temporary files left behind
     assert all(1 <= float(r["mean_return"]) <= 500 for r in rows)
     assert (out_dir / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     info = json.loads((out_dir / "rlgen.json").read_text())
