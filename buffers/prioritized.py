@@ -138,7 +138,7 @@ class _PrioritizedMixin:
         if isinstance(indices, th.Tensor):
             indices = indices.detach().cpu().numpy()
         idx = SumTree._as_index_array(indices)
-        prio = np.ascontiguousarray(np.asarray(priorities, dtype=np.float64).reshape(-1))
+        prio = SumTree._as_float_array(priorities)
         if prio.shape != idx.shape:
             raise ValueError(f"indices and priorities must have the same length, got {idx.size} and {prio.size}")
         leaves = np.empty_like(prio)
