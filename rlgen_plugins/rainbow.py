@@ -46,13 +46,6 @@ SelfRainbow = TypeVar("SelfRainbow", bound="Rainbow")
 _NSTEP_WARNING = r"`n_steps=\d+` is ignored because a custom `replay_buffer_class`"
 
 
-def _concat_obs(first: Any, second: Any) -> Any:
-    """Stack two observation batches (tensors, or dicts of tensors) along the batch axis."""
-    if isinstance(first, dict):
-        return {key: th.cat([first[key], second[key]]) for key in first}
-    return th.cat([first, second])
-
-
 class UnknownNameError(KeyError, ValueError):
     """An unknown policy or buffer name; both a ``KeyError`` (like registry lookups) and a ``ValueError`` (like SB3)."""
 
@@ -321,18 +314,16 @@ class Rainbow(OffPolicyAlgorithm):
     def _per_sample_loss(self, data: Any) -> tuple[th.Tensor, th.Tensor]:
         """Loss of each transition, shape (batch,), and its raw priority: KL for C51, Huber / |TD error| otherwise.
 
-        Three network passes become two: with Double Q the online network sees s and s' in one batch (one noise
-        sample for both, as the paper's online network); the s' half only picks a*, so it is detached.
+        With Double Q the online network also scores s' (same noise sample, as the paper's online network) to
+        pick a*; that pass runs without autograd: batching it with s would double the backward pass's matmuls.
         """
         noise = self.noisy
         q_net = self.q_net
         actions = data.actions.long().view(-1, 1)
+        logits = q_net.logits(data.observations, noise)  # (batch, n_actions, n_atoms)
         if self.double_q:
-            batch = actions.shape[0]
-            both = q_net.logits(_concat_obs(data.observations, data.next_observations), noise)
-            logits, next_logits_online = both[:batch], both[batch:].detach()
-        else:
-            logits = q_net.logits(data.observations, noise)  # (batch, n_actions, n_atoms)
+            with th.no_grad():
+                next_logits_online = q_net.logits(data.next_observations, noise)
         n_atoms = logits.shape[-1]
         chosen = logits.gather(1, actions.unsqueeze(-1).expand(-1, 1, n_atoms)).squeeze(1)  # (batch, n_atoms)
         with th.no_grad():
