@@ -256,6 +256,12 @@ class Rainbow(OffPolicyAlgorithm):
             self.replay_buffer_class = (
                 buffers.DictPrioritizedReplayBuffer if is_dict else buffers.PrioritizedReplayBuffer
             )
+        per_only = sorted(set(self.replay_buffer_kwargs) & {"alpha", "beta", "epsilon"})
+        if self.replay_buffer_class is None and per_only:
+            raise ValueError(
+                f"replay_buffer_kwargs: {', '.join(per_only)} only apply to prioritised replay, which "
+                "prioritized_replay=False switches off; remove them or set prioritized_replay=True"
+            )
         if self.replay_buffer_class is None and self.n_steps > 1 and isinstance(self.observation_space, spaces.Dict):
             raise ValueError(
                 "n_steps > 1 with Dict observations needs prioritized_replay=True (DictPrioritizedReplayBuffer); "

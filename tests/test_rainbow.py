@@ -91,6 +91,17 @@ def test_replay_buffer_is_prioritized_nstep_by_default() -> None:
     assert type(uniform.replay_buffer).__name__ == "NStepReplayBuffer"
 
 
+def test_priority_settings_without_prioritized_replay_are_rejected() -> None:
+    # A preset with PER settings and prioritized_replay=False would otherwise die in SB3 with a bare TypeError.
+    with pytest.raises(ValueError, match=r"replay_buffer_kwargs: alpha, beta only apply to prioritised replay"):
+        make(IdentityEnv(3), prioritized_replay=False, replay_buffer_kwargs={"beta": 0.4, "alpha": 0.5})
+    import buffers
+
+    explicit = make(IdentityEnv(3), prioritized_replay=False, replay_buffer_class=buffers.PrioritizedReplayBuffer,
+                    replay_buffer_kwargs={"alpha": 0.3})
+    assert explicit.replay_buffer.alpha == 0.3  # an explicit prioritised class still takes them
+
+
 def test_registered_names_resolve() -> None:
     import buffers
 
