@@ -36,6 +36,7 @@ from .sampling import generate, sampling_scheduler, save_gif, save_grid
 
 LOSSES = ("huber", "l1", "l2")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+LR_SCHEDULES = ("constant", "cosine", "linear")
 CHECKPOINT_FORMAT = 1
 CONFIG_FILE = "training_config.json"
 # Fields that define the run; a resumed run must match the checkpoint on every one of them.
@@ -75,10 +76,16 @@ class TrainConfig:
     split_seed: int = 0
     steps: int | None = None  # optimizer steps; or give epochs
     epochs: float | None = None
-    time_budget_s: float | None = None  # stop (checkpoint + final outputs) once this much wall time is spent
+    # Stop (checkpoint + final outputs) once this much training wall time is spent; counted over the whole run, so
+    # a resumed run gets what is left of it (the checkpoint stores the time spent).
+    time_budget_s: float | None = None
     batch_size: int = 64
     lr: float = 1e-3
     warmup_steps: int = 100
+    # Learning rate after warm-up: constant, or decayed to lr * lr_end_ratio over the run (cosine or linear); the
+    # run's length is the larger progress of steps / total steps and, with time_budget_s, elapsed / budget.
+    lr_schedule: str = "constant"
+    lr_end_ratio: float = 0.0
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     loss: str = "huber"
@@ -91,6 +98,11 @@ class TrainConfig:
     attention_heads: int = 2
     attention_head_dim: int = 16
     ema_decay: float = 0.999
+    # EMA warm-up (diffusers' EMAModel): decay at optimizer step k is min(ema_decay, 1 - (1 + k / ema_inv_gamma) **
+    # -ema_power); without it, EMAModel's default min(ema_decay, (1 + k) / (10 + k)).
+    ema_warmup: bool = False
+    ema_inv_gamma: float = 1.0
+    ema_power: float = 2 / 3
     seed: int = 0
     mixed_precision: str = "no"
     checkpoint_every: int = 500
@@ -105,8 +117,11 @@ class TrainConfig:
     progress: bool = True
     resume: str | None = None  # "latest" or a checkpoint file
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> None:
-        """Reject bad values with one clear message each."""
+        """Reject bad values with one clear message each (also run at construction)."""
         if self.loss not in LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
         if self.prediction_type not in PREDICTION_TYPES:
@@ -124,6 +139,20 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
+        if not 0.0 <= self.lr_end_ratio <= 1.0:
+            raise ValueError(f"lr_end_ratio must be in [0, 1], got {self.lr_end_ratio}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.time_budget_s is not None and self.time_budget_s <= 0:
+            raise ValueError(f"time_budget_s must be > 0, got {self.time_budget_s}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.ema_inv_gamma <= 0:
+            raise ValueError(f"ema_inv_gamma must be > 0, got {self.ema_inv_gamma}")
+        if self.ema_power <= 0:
+            raise ValueError(f"ema_power must be > 0, got {self.ema_power}")
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -191,6 +220,31 @@ def training_target(scheduler, clean: torch.Tensor, noise: torch.Tensor, t: torc
     if kind == "v_prediction":
         return scheduler.get_velocity(clean, noise, t)
     return clean
+
+
+def lr_factor(config: TrainConfig, step: int, total_steps: int, elapsed_s: float = 0.0) -> float:
+    """Multiplier of ``config.lr`` for the update after ``step`` finished steps.
+
+    Linear warm-up over ``warmup_steps`` times the decay of ``lr_schedule`` at progress ``p``: ``p`` is
+    ``step / total_steps`` or, with ``time_budget_s``, ``elapsed_s / time_budget_s`` if that is further along (a
+    time-budgeted run cannot know its step count in advance, so its learning rate follows the clock and reaches the
+    end value as the budget runs out). Cosine: ``end + (1 - end) * (1 + cos(pi p)) / 2``; linear:
+    ``end + (1 - end) * (1 - p)``; ``end`` is ``lr_end_ratio``.
+    """
+    warm = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps > 0 else 1.0
+    if config.lr_schedule == "constant":
+        return warm
+    p = step / max(1, total_steps)
+    if config.time_budget_s:
+        p = max(p, elapsed_s / config.time_budget_s)
+    p = min(1.0, max(0.0, p))
+    shape = (1 + math.cos(math.pi * p)) / 2 if config.lr_schedule == "cosine" else 1 - p
+    end = config.lr_end_ratio
+    return warm * (end + (1 - end) * shape)
+
+
+# Clock of the time budget and of time-based schedules (a function so tests can substitute a fake clock).
+_clock = time.monotonic
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -397,10 +451,13 @@ def train(config: TrainConfig, on_step: Callable[[int, float], None] | None = No
     model = build_unet(config)
     scheduler = build_scheduler(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    lr_lambda = lambda s: min(1.0, (s + 1) / max(1, config.warmup_steps))  # noqa: E731 - linear warmup
-    ema = EMAModel(model.parameters(), decay=config.ema_decay, model_cls=type(model), model_config=model.config)
+    ema = EMAModel(
+        model.parameters(), decay=config.ema_decay, use_ema_warmup=config.ema_warmup, inv_gamma=config.ema_inv_gamma,
+        power=config.ema_power, model_cls=type(model), model_config=model.config,
+    )
     noise_gen = torch.Generator().manual_seed(config.seed + 1)
     step, last_loss, last_ckpt = 0, None, None
+    elapsed_before = 0.0  # training time spent by earlier invocations of this run (budget and schedule go on)
     if resume_state is not None:
         try:
             model.load_state_dict(resume_state["model"])
@@ -409,6 +466,7 @@ def train(config: TrainConfig, on_step: Callable[[int, float], None] | None = No
         except (RuntimeError, ValueError, KeyError) as exc:
             raise CheckpointError(f"checkpoint {resume_path} does not fit this model: {exc}") from exc
         step, last_loss, last_ckpt = int(resume_state["step"]), resume_state.get("last_loss"), resume_path
+        elapsed_before = float(resume_state.get("elapsed_s", 0.0))
         noise_gen.set_state(resume_state["noise_rng"])
         _set_rng_state(resume_state["rng"])
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -426,7 +484,7 @@ def train(config: TrainConfig, on_step: Callable[[int, float], None] | None = No
                 "format": CHECKPOINT_FORMAT, "step": step, "last_loss": last_loss, "config": config.to_json(),
                 "model": {k: v.detach().cpu() for k, v in accelerator.unwrap_model(model).state_dict().items()},
                 "optimizer": optimizer.state_dict(), "ema": ema.state_dict(), "rng": _rng_state(),
-                "noise_rng": noise_gen.get_state(),
+                "noise_rng": noise_gen.get_state(), "elapsed_s": elapsed(),
             }
             _atomic_torch_save(state, path)
             for old in list_checkpoints(out)[:-max(1, config.keep_checkpoints)]:
@@ -456,12 +514,17 @@ def train(config: TrainConfig, on_step: Callable[[int, float], None] | None = No
     outputs: list[Path] = []
     interrupted = False
     consistent = True  # False while an optimizer update is half applied
-    start_time = time.monotonic()
+    start_time = _clock()
+
+    def elapsed() -> float:
+        return elapsed_before + _clock() - start_time
+
     bar = tqdm(total=total_steps, initial=step, desc="training", unit="step", disable=not (config.progress and main))
     try:
         with _StopFlag() as stop:
             while step < total_steps:
-                if config.time_budget_s is not None and time.monotonic() - start_time >= config.time_budget_s:
+                now_s = elapsed()
+                if config.time_budget_s is not None and now_s >= config.time_budget_s:
                     break
                 idx = order.indices(step)
                 if cached is not None:
@@ -490,7 +553,7 @@ def train(config: TrainConfig, on_step: Callable[[int, float], None] | None = No
                     )
                 consistent = False
                 for group in optimizer.param_groups:
-                    group["lr"] = config.lr * lr_lambda(step)
+                    group["lr"] = config.lr * lr_factor(config, step, total_steps, now_s)
                 accelerator.backward(loss)
                 grad_norm = None
                 if accelerator.sync_gradients and config.grad_clip > 0:

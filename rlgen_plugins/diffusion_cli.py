@@ -37,6 +37,16 @@ def add_diffusion_commands(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--time-budget", type=float, metavar="SECONDS", help="stop after this much training time")
     t.add_argument("--batch-size", type=int, help="images per step (default 64)")
     t.add_argument("--lr", type=float, help="AdamW learning rate (default 1e-3)")
+    t.add_argument("--lr-schedule", choices=("constant", "cosine", "linear"),
+                   help="learning rate after warm-up: constant, or decayed to lr x --lr-end-ratio by the end of "
+                        "--steps/--epochs or of --time-budget, whichever comes first (default constant)")
+    t.add_argument("--lr-end-ratio", type=float, help="final lr as a fraction of --lr for cosine/linear (default 0)")
+    t.add_argument("--warmup-steps", type=int, help="linear learning-rate warm-up steps (default 100)")
+    t.add_argument("--ema-decay", type=float, help="largest EMA decay (default 0.999)")
+    t.add_argument("--ema-warmup", action="store_true", default=None,
+                   help="EMA decay 1 - (1 + step / --ema-inv-gamma) ** -(--ema-power), capped at --ema-decay")
+    t.add_argument("--ema-power", type=float, help="EMA warm-up power (default 2/3)")
+    t.add_argument("--ema-inv-gamma", type=float, help="EMA warm-up inverse gamma (default 1)")
     t.add_argument("--schedule", help="beta schedule: linear, cosine, quadratic, sigmoid (default linear)")
     t.add_argument("--prediction-type", choices=("epsilon", "v_prediction", "sample"), help="training target")
     t.add_argument("--loss", choices=("huber", "l1", "l2"), help="loss on the target (default huber)")
@@ -86,7 +96,9 @@ _TRAIN_OPTIONS = {  # argparse dest -> TrainConfig field
     "time_budget": "time_budget_s", "batch_size": "batch_size", "lr": "lr", "schedule": "beta_schedule",
     "prediction_type": "prediction_type", "loss": "loss", "timesteps": "num_train_timesteps", "dim": "dim",
     "dim_mults": "dim_mults", "random_flip": "random_flip", "seed": "seed", "mixed_precision": "mixed_precision",
-    "checkpoint_every": "checkpoint_every", "sample_every": "sample_every",
+    "checkpoint_every": "checkpoint_every", "sample_every": "sample_every", "lr_schedule": "lr_schedule",
+    "lr_end_ratio": "lr_end_ratio", "warmup_steps": "warmup_steps", "ema_decay": "ema_decay",
+    "ema_warmup": "ema_warmup", "ema_power": "ema_power", "ema_inv_gamma": "ema_inv_gamma",
 }
 
 
@@ -116,12 +128,10 @@ def build_train_config(args: argparse.Namespace) -> Any:
     if args.epochs is not None:
         values["steps"] = None
     values.update(output_dir=args.output, resume=args.resume, progress=not args.no_progress)
-    config = TrainConfig.from_json(values)
     try:
-        config.validate()
+        return TrainConfig.from_json(values)  # validates
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    return config
 
 
 def _train(args: argparse.Namespace) -> int:

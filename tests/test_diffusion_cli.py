@@ -147,3 +147,39 @@ def test_bad_train_options(capsys, tmp_path):
     code, _, err = run(capsys, "diffusion", "train", "--resume", "latest", "--output", str(tmp_path / "none"))
     assert code == 2 and "not a training run" in err
     assert main(["diffusion"]) == 2
+
+
+def test_lr_schedule_and_ema_options_are_saved_and_kept_on_resume(capsys, tmp_path):
+    import math
+
+    from rlgen_plugins.cli import build_parser
+    from rlgen_plugins.diffusion_cli import build_train_config
+
+    out = tmp_path / "run"
+    opts = ["--lr-schedule", "cosine", "--lr-end-ratio", "0.1", "--warmup-steps", "1", "--ema-decay", "0.99",
+            "--ema-warmup", "--ema-power", "0.75", "--ema-inv-gamma", "2"]
+    assert main(["diffusion", "train", "--steps", "2", "--output", str(out), *opts, *TINY]) == 0
+    capsys.readouterr()
+    saved = json.loads((out / "training_config.json").read_text())
+    assert (saved["lr_schedule"], saved["lr_end_ratio"], saved["warmup_steps"]) == ("cosine", 0.1, 1)
+    assert (saved["ema_decay"], saved["ema_warmup"], saved["ema_power"], saved["ema_inv_gamma"]) == (0.99, True, 0.75, 2.0)
+    (last,) = [json.loads(line) for line in (out / "logs" / "scalars.jsonl").read_text().splitlines()]
+    assert last["step"] == 2  # logged every 20 steps and at the end
+    assert last["lr"] == pytest.approx(1e-3 * (0.1 + 0.9 * (1 + math.cos(math.pi * 1 / 2)) / 2))  # 2nd update
+    assert last["ema_decay"] == pytest.approx(1 - (1 + 1 / 2) ** -0.75)
+    # --resume latest starts from the saved settings, not from the defaults
+    args = build_parser().parse_args(["diffusion", "train", "--output", str(out), "--resume", "latest", "--steps", "4"])
+    config = build_train_config(args)
+    assert (config.lr_schedule, config.lr_end_ratio, config.ema_warmup, config.ema_power) == ("cosine", 0.1, True, 0.75)
+    assert main(["diffusion", "train", "--output", str(out), "--resume", "latest", "--steps", "4", "--no-progress"]) == 0
+
+
+def test_bad_schedule_options(capsys, tmp_path):
+    with pytest.raises(SystemExit) as info:  # argparse's own choices check
+        main(["diffusion", "train", "--lr-schedule", "wiggly", "--output", str(tmp_path), *TINY])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "--lr-schedule" in err and "cosine" in err
+    code, _, err = run(capsys, "diffusion", "train", "--lr-end-ratio", "2", "--output", str(tmp_path), *TINY)
+    assert code == 2 and "lr_end_ratio must be in [0, 1]" in err
+    code, _, err = run(capsys, "diffusion", "train", "--ema-decay", "1.5", "--output", str(tmp_path), *TINY)
+    assert code == 2 and "ema_decay must be in [0, 1)" in err

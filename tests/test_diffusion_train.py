@@ -36,6 +36,17 @@ def _model_state(path):
     return state["model"], state["ema"]["shadow_params"], state["step"]
 
 
+def _assert_same_final_checkpoint(ref_dir, got_dir, step):
+    """The last checkpoints of two runs agree on step, weights and EMA weights."""
+    ref_model, ref_ema, _ = _model_state(list_checkpoints(ref_dir)[-1])
+    got_model, got_ema, got_step = _model_state(list_checkpoints(got_dir)[-1])
+    assert got_step == step
+    for key in ref_model:
+        torch.testing.assert_close(got_model[key], ref_model[key], rtol=0, atol=1e-6)
+    for a, b in zip(got_ema, ref_ema):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     """Reference: six steps in one go (with TensorBoard and preview grids on)."""
@@ -94,13 +105,7 @@ def test_ctrl_c_checkpoints_and_resume_matches_uninterrupted_run(tmp_path, unint
     second = train(tiny(tmp_path, sample_every=3, resume="latest"))
     assert second.step == 6 and not second.interrupted
 
-    ref_model, ref_ema, _ = _model_state(list_checkpoints(ref_dir)[-1])
-    got_model, got_ema, step = _model_state(list_checkpoints(tmp_path / "run")[-1])
-    assert step == 6
-    for key in ref_model:
-        torch.testing.assert_close(got_model[key], ref_model[key], rtol=0, atol=1e-6)
-    for a, b in zip(got_ema, ref_ema):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    _assert_same_final_checkpoint(ref_dir, tmp_path / "run", step=6)
     losses = lambda d: {j["step"]: j["loss"] for j in map(json.loads, (d / "logs" / "scalars.jsonl").read_text().splitlines())}  # noqa: E731
     ref_losses, got_losses = losses(ref_dir), losses(tmp_path / "run")
     assert got_losses.keys() == ref_losses.keys()
@@ -186,3 +191,96 @@ def test_v_prediction_l1_run_and_bad_settings(tmp_path):
         train(tiny(tmp_path, name="b", loss="l3"))
     with pytest.raises(ValueError, match="either steps or epochs"):
         train(tiny(tmp_path, name="c", epochs=1))
+
+
+# ----------------------------------------------------------------------------- lr schedule and EMA warm-up
+def _scalars(out):
+    return [json.loads(line) for line in (out / "logs" / "scalars.jsonl").read_text().splitlines()]
+
+
+def test_lr_factor_values():
+    from diffusion.train import lr_factor
+
+    const = TrainConfig(warmup_steps=4)
+    assert [lr_factor(const, s, 100) for s in (0, 1, 3, 50, 99)] == [0.25, 0.5, 1.0, 1.0, 1.0]
+    cos = TrainConfig(warmup_steps=0, lr_schedule="cosine")
+    assert lr_factor(cos, 0, 100) == 1.0
+    assert lr_factor(cos, 50, 100) == pytest.approx(0.5)
+    assert lr_factor(cos, 25, 100) == pytest.approx((1 + 2 ** -0.5) / 2)
+    assert lr_factor(cos, 100, 100) == pytest.approx(0.0)
+    lin = TrainConfig(warmup_steps=10, lr_schedule="linear", lr_end_ratio=0.1)
+    assert lr_factor(lin, 4, 100) == pytest.approx(0.5 * (0.1 + 0.9 * 0.96))  # still warming up
+    assert lr_factor(lin, 60, 100) == pytest.approx(0.1 + 0.9 * 0.4)
+    assert lr_factor(lin, 100, 100) == pytest.approx(0.1)
+    # with a time budget the clock decides when it is further along than the step count
+    timed = TrainConfig(warmup_steps=0, lr_schedule="cosine", time_budget_s=600)
+    assert lr_factor(timed, 10, 10**9, elapsed_s=300) == pytest.approx(0.5)
+    assert lr_factor(timed, 10, 20, elapsed_s=150) == pytest.approx(0.5)  # steps: 10 / 20
+    assert lr_factor(timed, 10, 10**9, elapsed_s=900) == pytest.approx(0.0)  # past the budget: the end value
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"lr_schedule": "step"}, "lr_schedule 'step'; choose one of constant, cosine, linear"),
+    ({"lr_end_ratio": 1.5}, r"lr_end_ratio must be in \[0, 1\]"),
+    ({"warmup_steps": -1}, "warmup_steps must be >= 0"),
+    ({"ema_decay": 1.0}, r"ema_decay must be in \[0, 1\)"),
+    ({"ema_power": 0.0}, "ema_power must be > 0"),
+    ({"ema_inv_gamma": -1.0}, "ema_inv_gamma must be > 0"),
+    ({"time_budget_s": 0.0}, "time_budget_s must be > 0"),
+])
+def test_bad_schedule_settings_fail_at_construction(tmp_path, overrides, match):
+    with pytest.raises(ValueError, match=match):
+        tiny(tmp_path, **overrides)
+
+
+def test_cosine_lr_and_ema_warmup_are_applied_and_logged(tmp_path):
+    cfg = tiny(tmp_path, lr=1e-3, warmup_steps=2, lr_schedule="cosine", ema_warmup=True, ema_power=0.75,
+               ema_inv_gamma=1.0, ema_decay=0.6)
+    train(cfg)
+    logs = _scalars(tmp_path / "run")
+    import math
+
+    for line in logs:
+        s = line["step"] - 1  # the lr logged at step k is the one its update used (k - 1 steps done before)
+        expected = 1e-3 * min(1.0, (s + 1) / 2) * (1 + math.cos(math.pi * s / 6)) / 2
+        assert line["lr"] == pytest.approx(expected, rel=1e-9)
+    # EMAModel warm-up: decay 1 - (1 + (k - 1)) ** -0.75 after k updates, capped at ema_decay 0.6
+    assert [line["ema_decay"] for line in logs] == pytest.approx([0.0, 1 - 2 ** -0.75, 1 - 3 ** -0.75, 0.6, 0.6, 0.6])
+    saved = json.loads((tmp_path / "run" / "training_config.json").read_text())
+    assert saved["lr_schedule"] == "cosine" and saved["ema_warmup"] is True and saved["ema_power"] == 0.75
+
+
+def test_resume_with_cosine_lr_and_ema_warmup_matches_uninterrupted_run(tmp_path):
+    settings = dict(lr_schedule="cosine", warmup_steps=2, ema_warmup=True, ema_decay=0.9)
+    train(tiny(tmp_path, name="ref", **settings))
+
+    def interrupt(step, loss):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    first = train(tiny(tmp_path, **settings), on_step=interrupt)
+    assert first.interrupted and first.step == 3
+    train(tiny(tmp_path, resume="latest", **settings))
+    _assert_same_final_checkpoint(tmp_path / "ref", tmp_path / "run", step=6)
+    ref_log, got_log = _scalars(tmp_path / "ref"), _scalars(tmp_path / "run")
+    assert [x["step"] for x in got_log] == [x["step"] for x in ref_log]
+    for a, b in zip(got_log, ref_log):
+        assert a["lr"] == pytest.approx(b["lr"], rel=1e-12) and a["ema_decay"] == pytest.approx(b["ema_decay"])
+
+
+def test_time_budget_schedule_follows_the_clock_and_resumes_with_the_time_spent(tmp_path, monkeypatch):
+    clock = {"t": 1000.0}
+    monkeypatch.setattr(dtrain, "_clock", lambda: clock["t"])
+
+    def tick(step, loss):  # every step takes 10 s of fake wall time
+        clock["t"] += 10.0
+
+    cfg = dict(steps=None, time_budget_s=60.0, lr=1e-3, warmup_steps=0, lr_schedule="linear", checkpoint_every=100)
+    result = train(tiny(tmp_path, **cfg), on_step=lambda s, l: (tick(s, l), s == 4 and os.kill(os.getpid(), signal.SIGINT)))
+    assert result.interrupted and result.step == 4
+    assert load_checkpoint(result.checkpoint)["elapsed_s"] == pytest.approx(40.0)
+    clock["t"] += 5000.0  # time between the two invocations does not count
+    result = train(tiny(tmp_path, resume="latest", **cfg), on_step=tick)
+    assert result.step == 6 and not result.interrupted  # 60 s budget: 4 steps before, 2 after resuming
+    lrs = [line["lr"] for line in _scalars(tmp_path / "run")]
+    assert lrs == pytest.approx([1e-3 * (1 - 10 * s / 60) for s in range(6)], rel=1e-9)
