@@ -5,7 +5,7 @@
     CartPole-v1:
       n_timesteps: 20000        # read by the command, not passed to the algorithm
       policy: MlpPolicy
-      learning_rate: 0.001
+      learning_rate: 0.001      # or rl-zoo3's linear decay to 0: lin_0.001
       policy_kwargs: {net_arch: [128], n_atoms: 51}
       # classes are written as "module:attribute" and imported on load:
       # features_extractor_class: "policies:MinAtarCNN"
@@ -16,11 +16,14 @@ argument of the algorithm.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from registry import import_path
+
+if TYPE_CHECKING:
+    from stable_baselines3.common.utils import LinearSchedule
 
 PRESET_DIR = Path(__file__).resolve().parent / "hyperparams"
 
@@ -70,12 +73,33 @@ def load_preset(algo: str, env_id: str, path: str | Path | None = None) -> dict[
     return normalize_hyperparams(preset)
 
 
+#: Keys that may be written as rl-zoo3's linear schedule ``lin_<start>`` (decays linearly to 0 over training).
+SCHEDULE_KEYS = ("learning_rate",)
+
+
+def linear_schedule(text: str, key: str = "learning_rate") -> LinearSchedule:
+    """``"lin_1e-3"`` -> a picklable schedule of SB3's ``progress_remaining``: 1e-3 at the start, 0 at the end."""
+    try:
+        start = float(text[len("lin_"):])
+    except ValueError:
+        raise ValueError(f"{key}: {text!r} is not a linear schedule; write lin_<start value>, e.g. lin_1e-3") from None
+    if not start > 0:
+        raise ValueError(f"{key}: the start value of {text!r} must be > 0")
+    from stable_baselines3.common.utils import LinearSchedule  # here: reading presets should not import torch
+
+    return LinearSchedule(start, 0.0, 1.0)
+
+
 def normalize_hyperparams(hyperparams: dict[str, Any]) -> dict[str, Any]:
-    """Coerce counts written as floats (``5e4``) to int and import "module:attribute" class strings."""
+    """Coerce counts written as floats (``5e4``) to int, read ``lin_<start>`` schedules and import
+    "module:attribute" class strings."""
     result = resolve_classes(hyperparams)
     for key in ("n_timesteps", "n_envs", "frame_stack"):
         if key in result:
             result[key] = int(float(result[key]))
+    for key in SCHEDULE_KEYS:
+        if isinstance(result.get(key), str) and result[key].startswith("lin_"):
+            result[key] = linear_schedule(result[key], key)
     return result
 
 

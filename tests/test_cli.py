@@ -85,6 +85,22 @@ def test_presets_resolve_class_strings_and_counts(tmp_path):
     assert presets.load_preset("rainbow", "Bar-v0", path=path) == {}
 
 
+def test_linear_learning_rate_schedule_in_presets_and_overrides(tmp_path):
+    import pickle
+
+    path = tmp_path / "h.yml"
+    path.write_text("Foo-v0:\n  learning_rate: lin_2e-3\n")
+    schedule = presets.load_preset("rainbow", "Foo-v0", path=path)["learning_rate"]
+    # SB3 calls it with progress_remaining: 1 at the start of training, 0 at the end
+    assert [schedule(p) for p in (1.0, 0.5, 0.0)] == pytest.approx([2e-3, 1e-3, 0.0])
+    assert pickle.loads(pickle.dumps(schedule))(0.25) == pytest.approx(5e-4)  # saved with the model
+    assert presets.normalize_hyperparams(rl_run.parse_overrides(["learning_rate=lin_1e-3"]))["learning_rate"](1.0) == 1e-3
+    assert presets.normalize_hyperparams({"learning_rate": 1e-3}) == {"learning_rate": 1e-3}
+    for bad in ("lin_fast", "lin_0", "lin_-1e-3"):
+        with pytest.raises(ValueError, match="learning_rate"):
+            presets.normalize_hyperparams({"learning_rate": bad})
+
+
 def test_shipped_presets_cover_the_documented_environments():
     envs = presets.available_presets("rainbow")
     assert "CartPole-v1" in envs and "Acrobot-v1" in envs
