@@ -60,7 +60,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"interrupted: the model trained so far is in {output}/model.zip", file=sys.stderr)
         return 130
     mean = "n/a" if result.last_mean_reward is None else f"{result.last_mean_reward:.1f}"
-    print(f"trained {result.timesteps} steps; last evaluation mean return {mean}")
+    print(f"trained {result.timesteps} steps (seed {result.seed}); last evaluation mean return {mean}")
     if target is not None:
         print(f"solved (>= {target:g}) at step {result.solved_at}" if result.solved_at is not None
               else f"not solved (>= {target:g}) within {result.timesteps} steps")
@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("algo", metavar="ALGO", help="a registered algorithm, e.g. rainbow (see: rlgen plugins)")
     train.add_argument("--env", required=True, metavar="ENV_ID", help="gymnasium id, e.g. CartPole-v1")
     train.add_argument("--timesteps", type=int, help="environment steps (default: the preset's n_timesteps)")
-    train.add_argument("--seed", type=int, help="random seed")
+    train.add_argument("--seed", type=int, help="random seed (default: a fresh one, printed and kept in rlgen.json)")
     train.add_argument("--n-envs", type=int, help="parallel environments (default: the preset's, else 1)")
     train.add_argument("--hyperparams", metavar="FILE", help="YAML file of hyperparameters overriding the preset")
     train.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",

@@ -36,6 +36,7 @@ class TrainResult:
     timesteps: int
     last_mean_reward: float | None
     solved_at: int | None
+    seed: int | None = None
 
 
 def check_env_id(env_id: str) -> None:
@@ -225,8 +226,10 @@ def train(algo: str, env_id: str, *, timesteps: int | None = None, seed: int | N
     if total < 1 or n_envs < 1:
         raise UsageError("--timesteps and --n-envs must be positive")
 
+    if seed is None:  # as rl-zoo3: draw one and record it, so every run can be repeated
+        seed = int(np.random.SeedSequence().entropy % 2**31)
     env = make_env(env_id, n_envs=n_envs, seed=seed, **env_options)
-    eval_env = make_env(env_id, n_envs=1, seed=None if seed is None else seed + 10_000, **env_options)
+    eval_env = make_env(env_id, n_envs=1, seed=seed + 10_000, **env_options)
     policy = hyperparams.pop("policy", None) or default_policy(env.observation_space)
     try:
         model = algo_cls(policy, env, seed=seed, verbose=verbose, device=device, **hyperparams)
@@ -257,7 +260,7 @@ def train(algo: str, env_id: str, *, timesteps: int | None = None, seed: int | N
     solved_at = next((t for t, m in zip(steps, means) if target_reward is not None and m >= target_reward), None)
 
     paths = TrainResult(out / "model.zip", out / "evaluations.csv", out / "learning_curve.png", out / RUN_INFO_FILE,
-                        int(model.num_timesteps), means[-1] if means else None, solved_at)
+                        int(model.num_timesteps), means[-1] if means else None, solved_at, seed)
     save_atomically(model, paths.model_path)
     with open(paths.evaluations_path, "w", newline="") as handle:
         writer = csv.writer(handle)

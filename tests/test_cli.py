@@ -132,6 +132,19 @@ def test_train_then_evaluate_end_to_end(capsys, tmp_path):
     assert 1 <= mean <= 500
 
 
+def test_train_without_seed_records_the_seed_it_drew_and_that_seed_repeats_the_run(capsys, tmp_path):
+    common = ["--timesteps", "200", "--eval-freq", "100", "--eval-episodes", "2", "--no-progress", *TINY]
+    code, out, err = run_cli(capsys, "train", "rainbow", "--env", "CartPole-v1", "--output", str(tmp_path / "a"), *common)
+    assert code == 0, err
+    seed = json.loads((tmp_path / "a" / "rlgen.json").read_text())["seed"]
+    assert isinstance(seed, int) and 0 <= seed < 2**31 and f"(seed {seed})" in out
+    code, out, err = run_cli(capsys, "train", "rainbow", "--env", "CartPole-v1", "--output", str(tmp_path / "b"),
+                             "--seed", str(seed), *common)
+    assert code == 0, err
+    first, again = ((tmp_path / d / "evaluations.csv").read_text() for d in "ab")
+    assert first == again and len(first.splitlines()) == 3
+
+
 def test_minatar_ids_are_registered_on_demand():
     import gymnasium as gym
 
