@@ -137,3 +137,29 @@ def test_bad_arguments_raise():
         pipe(num_inference_steps=T + 1)
     with pytest.raises(ValueError, match="batch_size"):
         pipe(batch_size=0, num_inference_steps=2)
+
+
+def test_dpm_solver_from_a_low_snr_schedule_is_clipped_and_stable():
+    """`sampling_scheduler` gives DPM-Solver++ the lambda clip and x0 clipping that a cosine schedule needs."""
+    from diffusion.sampling import sampling_scheduler
+
+    cosine = NoiseScheduler(num_train_timesteps=1000, beta_schedule="cosine", timestep_spacing="trailing")
+    linear = NoiseScheduler(num_train_timesteps=1000, beta_schedule="linear", timestep_spacing="trailing")
+    dpm_cos, dpm_lin = sampling_scheduler(cosine, "dpm-solver++"), sampling_scheduler(linear, "dpm-solver++")
+    assert cosine.config.clip_sample and dpm_cos.config.thresholding and dpm_cos.config.sample_max_value == 1.0
+    for dpm in (dpm_cos, dpm_lin):
+        dpm.set_timesteps(20)
+    # the clip skips the cosine schedule's last, near-pure-noise steps; the linear one never gets that low
+    assert int(dpm_cos.timesteps[0]) < 999 and int(dpm_lin.timesteps[0]) == 999
+    # A model that always predicts zero noise makes x0 = x_t / sqrt(alpha_bar) huge at low SNR: clipped, the
+    # result stays in [-1, 1]; DPM-Solver++ built without those settings leaves it far outside.
+    def run(scheduler):
+        x = torch.randn(4, 1, 8, 8, generator=gen()) * scheduler.init_noise_sigma
+        for t in scheduler.timesteps:
+            x = scheduler.step(torch.zeros_like(x), t, x).prev_sample
+        return x
+
+    assert run(dpm_cos).abs().max() <= 1.0 + 1e-5
+    plain = DPMSolverMultistepScheduler.from_config(cosine.config, algorithm_type="dpmsolver++", solver_order=2)
+    plain.set_timesteps(20)
+    assert run(plain).abs().max() > 2.0
