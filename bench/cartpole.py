@@ -34,6 +34,7 @@ from stable_baselines3.common.env_util import make_vec_env  # noqa: E402
 from stable_baselines3.common.evaluation import evaluate_policy  # noqa: E402
 
 from rlgen_plugins.presets import load_preset, normalize_hyperparams  # noqa: E402
+from rlgen_plugins.rl_run import parse_overrides  # noqa: E402
 from rlgen_plugins.rainbow import Rainbow  # noqa: E402
 
 ENV_ID = "CartPole-v1"
@@ -156,9 +157,7 @@ def main() -> None:
                         help="override preset entries, e.g. learning_rate=5e-4 (for tuning)")
     args = parser.parse_args()
     th.set_num_threads(args.threads)
-    import yaml
-
-    overrides = normalize_hyperparams({k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)})
+    overrides = normalize_hyperparams(parse_overrides(args.set))  # the same reading as `rlgen train -p`
     results = []
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         record = run_seed(seed, args, overrides)

@@ -19,7 +19,8 @@ from PIL import Image
 from diffusion.pipeline import denoise
 
 SCHEDULER_NAMES = ("ddpm", "ddim", "dpm-solver++")
-_EXTRA_CONFIG = {"dpm-solver++": {"algorithm_type": "dpmsolver++", "solver_order": 2}}
+# Settings a scheduler kind gets on top of the trained config (see `sampling_scheduler` for the lambda clip).
+_EXTRA_CONFIG = {"dpm-solver++": {"algorithm_type": "dpmsolver++", "solver_order": 2, "lambda_min_clipped": -5.1}}
 
 
 class UnknownSchedulerError(ValueError):
@@ -61,11 +62,8 @@ def sampling_scheduler(base: Any, name: str = "ddpm"):
     """
     cls = _scheduler_class(name, base)
     extra = dict(_EXTRA_CONFIG.get(name, {}))
-    if name == "dpm-solver++":
-        extra.setdefault("lambda_min_clipped", -5.1)
-        if base.config.get("clip_sample", False):
-            extra.setdefault("thresholding", True)
-            extra.setdefault("sample_max_value", float(base.config.get("clip_sample_range", 1.0)))
+    if name == "dpm-solver++" and base.config.get("clip_sample", False):
+        extra.update(thresholding=True, sample_max_value=float(base.config.get("clip_sample_range", 1.0)))
     return cls.from_config(base.config, **extra)
 
 

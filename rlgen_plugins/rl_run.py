@@ -36,7 +36,7 @@ class TrainResult:
     timesteps: int
     last_mean_reward: float | None
     solved_at: int | None
-    seed: int | None = None
+    seed: int  # the one given, or the one drawn when none was
 
 
 def check_env_id(env_id: str) -> None:
