@@ -57,6 +57,19 @@ class UnsupportedSpaceError(ValueError, AssertionError):
     """The environment's action space is not Discrete (an ``AssertionError`` too, as SB3 raises)."""
 
 
+def clip_grad_norm(parameters: list[th.Tensor], max_norm: float) -> th.Tensor:
+    """``torch.nn.utils.clip_grad_norm_`` that skips the rescale when the norm is already within ``max_norm``.
+
+    Same gradients as torch's (its coefficient clamps to exactly 1 there), but on CPU most steps save a
+    multiply over every parameter. On an accelerator it always rescales: the check would sync every step.
+    Returns the total norm before clipping.
+    """
+    total_norm = th.nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None])
+    if total_norm.device.type != "cpu" or float(total_norm) + 1e-6 > max_norm:  # torch: max_norm / (norm + 1e-6)
+        th.nn.utils.clip_grads_with_norm_(parameters, max_norm, total_norm)
+    return total_norm
+
+
 def _registry_get(kind: str, name: str) -> Any:
     """``registry.get(kind, name)``; ``LookupError`` when unknown or when no registry is importable."""
     try:
@@ -378,7 +391,7 @@ class Rainbow(OffPolicyAlgorithm):
             for param in self._trained_parameters:  # optimizer.zero_grad(set_to_none=True) without its wrapper
                 param.grad = None
             loss.backward()
-            th.nn.utils.clip_grad_norm_(self._trained_parameters, self.max_grad_norm)
+            clip_grad_norm(self._trained_parameters, self.max_grad_norm)
             self.policy.optimizer.step()
             if self._prioritized:
                 self.replay_buffer.update_priorities(data.indices, priorities)  # type: ignore[union-attr]

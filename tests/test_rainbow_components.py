@@ -11,7 +11,7 @@ import pytest
 import torch as th
 from stable_baselines3.common.envs import IdentityEnv, IdentityEnvBox
 
-from rlgen_plugins.rainbow import Rainbow, UnknownNameError, UnsupportedSpaceError
+from rlgen_plugins.rainbow import Rainbow, UnknownNameError, UnsupportedSpaceError, clip_grad_norm
 from rlgen_plugins.rainbow_targets import (
     categorical_kl,
     categorical_projection,
@@ -143,6 +143,26 @@ def test_train_selects_next_action_with_online_network(n_atoms: int, monkeypatch
 
 
 # ---------------------------------------------------------------- noise
+
+@pytest.mark.parametrize("max_norm", [0.5, 3.0, 100.0])
+def test_clip_grad_norm_matches_torch_with_and_without_clipping(max_norm: float) -> None:
+    """The rescale is skipped only where torch's coefficient clamps to 1: gradients stay bit-identical."""
+    gen = th.Generator().manual_seed(0)
+    ours = [th.nn.Parameter(th.zeros(shape)) for shape in [(4, 3), (3,), (2, 4)]]
+    theirs = [th.nn.Parameter(th.zeros(shape)) for shape in [(4, 3), (3,), (2, 4)]]
+    for a, b in zip(ours, theirs):
+        a.grad = th.randn(a.shape, generator=gen)
+        b.grad = a.grad.clone()
+    norm_before = th.cat([p.grad.flatten() for p in ours]).norm()
+    assert 0.5 < norm_before < 100.0  # the cases clip, clip, and leave alone
+    total = clip_grad_norm(ours, max_norm)
+    expected_total = th.nn.utils.clip_grad_norm_(theirs, max_norm)
+    assert th.equal(total, expected_total)
+    for a, b in zip(ours, theirs):
+        assert th.equal(a.grad, b.grad)
+    norm_after = th.cat([p.grad.flatten() for p in ours]).norm()
+    assert norm_after <= max_norm + 1e-4 and (max_norm < norm_before or norm_after == norm_before)
+
 
 def test_noise_is_resampled_at_every_gradient_step_for_online_and_target() -> None:
     model = tiny_model()
