@@ -39,6 +39,7 @@ from rlgen_plugins.rainbow import Rainbow  # noqa: E402
 
 ENV_ID = "CartPole-v1"
 SOLVED = 475.0
+DQN_DEFAULT_NET = [64, 64]  # SB3 DQN's MlpPolicy hidden sizes
 
 
 def emit(record: dict[str, Any]) -> None:
@@ -116,12 +117,14 @@ def throughput(args: argparse.Namespace, overrides: dict[str, Any]) -> None:
     )
     net_arch = kwargs["policy_kwargs"]["net_arch"]
     rainbow_args = {**kwargs, **shared}
+    same_net = f"dqn_net{net_arch}"
     models = {
         "rainbow": Rainbow(policy, ENV_ID, **rainbow_args),
-        # Peer: SB3 DQN with the same settings and its default network ([64, 64], at least as large as ours).
+        # Peer: SB3 DQN with the same settings and its default network ([64, 64]) ...
         "dqn": DQN("MlpPolicy", ENV_ID, **shared),
-        f"dqn_net{net_arch}": DQN("MlpPolicy", ENV_ID, policy_kwargs={"net_arch": net_arch}, **shared),
     }
+    if list(net_arch) != DQN_DEFAULT_NET:  # ... and, when ours differs, DQN with our hidden sizes
+        models[same_net] = DQN("MlpPolicy", ENV_ID, policy_kwargs={"net_arch": net_arch}, **shared)
     for model in models.values():  # fill past learning_starts so every measured step trains
         model.learn(shared["learning_starts"] + 200)
     rates: dict[str, list[float]] = {name: [] for name in models}
@@ -136,7 +139,7 @@ def throughput(args: argparse.Namespace, overrides: dict[str, Any]) -> None:
         emit({"bench": "cartpole_throughput", "algo": name, "steps_per_s": round(medians[name], 1),
               "rounds": [round(x, 1) for x in r], "batch_size": 128, "gradient_steps_per_env_step": 1})
     emit({"bench": "cartpole_throughput_ratio", "ratio": round(medians["rainbow"] / medians["dqn"], 3),
-          "ratio_same_net": round(medians["rainbow"] / medians[f"dqn_net{net_arch}"], 3),
+          "ratio_same_net": round(medians["rainbow"] / medians.get(same_net, medians["dqn"]), 3),
           "goal": 0.8, "torch_threads": th.get_num_threads(), "rainbow_policy_kwargs": str(kwargs["policy_kwargs"])})
 
 
