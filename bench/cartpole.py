@@ -39,7 +39,6 @@ from rlgen_plugins.rainbow import Rainbow  # noqa: E402
 
 ENV_ID = "CartPole-v1"
 SOLVED = 475.0
-DQN_DEFAULT_NET = [64, 64]  # SB3 DQN's MlpPolicy hidden sizes
 
 
 def emit(record: dict[str, Any]) -> None:
@@ -123,7 +122,7 @@ def throughput(args: argparse.Namespace, overrides: dict[str, Any]) -> None:
         # Peer: SB3 DQN with the same settings and its default network ([64, 64]) ...
         "dqn": DQN("MlpPolicy", ENV_ID, **shared),
     }
-    if list(net_arch) != DQN_DEFAULT_NET:  # ... and, when ours differs, DQN with our hidden sizes
+    if list(net_arch) != list(models["dqn"].policy.net_arch):  # ... and, when ours differs, DQN with our sizes
         models[same_net] = DQN("MlpPolicy", ENV_ID, policy_kwargs={"net_arch": net_arch}, **shared)
     for model in models.values():  # fill past learning_starts so every measured step trains
         model.learn(shared["learning_starts"] + 200)
