@@ -4,7 +4,10 @@ Prints one JSON object per line:
   {"bench": "cartpole_seed", "seed": s, "steps_to_475": n | null, "eval_at_end": r, ...}
   {"bench": "cartpole_summary", "median_steps_to_475": n, "solved_at_end": k, "seeds": m, ...}
   {"bench": "cartpole_throughput", "algo": ..., "steps_per_s": x, ...}
-  {"bench": "cartpole_throughput_ratio", "ratio": rainbow / dqn, ...}
+  {"bench": "cartpole_throughput_ratio", "ratio": rainbow / dqn, "ratio_eager": ..., ...}
+
+Throughput peers, all measured in the same run in interleaved blocks: SB3's DQN with the same settings (its default
+network), DQN with our hidden sizes when they differ, and Rainbow without ``torch_compile`` when the preset compiles.
 
 Evaluation: mean return of ``--eval-episodes`` deterministic episodes (one per env of a DummyVecEnv), every
 ``--eval-freq`` steps until it first reaches 475, then once more at the end of training.
@@ -124,6 +127,8 @@ def throughput(args: argparse.Namespace, overrides: dict[str, Any]) -> None:
     }
     if list(net_arch) != list(models["dqn"].policy.net_arch):  # ... and, when ours differs, DQN with our sizes
         models[same_net] = DQN("MlpPolicy", ENV_ID, policy_kwargs={"net_arch": net_arch}, **shared)
+    if rainbow_args.get("torch_compile"):  # what compiling the update buys, measured in the same run
+        models["rainbow_eager"] = Rainbow(policy, ENV_ID, **{**rainbow_args, "torch_compile": False})
     for model in models.values():  # fill past learning_starts so every measured step trains
         model.learn(shared["learning_starts"] + 200)
     rates: dict[str, list[float]] = {name: [] for name in models}
@@ -139,7 +144,9 @@ def throughput(args: argparse.Namespace, overrides: dict[str, Any]) -> None:
               "rounds": [round(x, 1) for x in r], "batch_size": 128, "gradient_steps_per_env_step": 1})
     emit({"bench": "cartpole_throughput_ratio", "ratio": round(medians["rainbow"] / medians["dqn"], 3),
           "ratio_same_net": round(medians["rainbow"] / medians.get(same_net, medians["dqn"]), 3),
-          "goal": 0.8, "torch_threads": th.get_num_threads(), "rainbow_policy_kwargs": str(kwargs["policy_kwargs"])})
+          "ratio_eager": round(medians.get("rainbow_eager", medians["rainbow"]) / medians["dqn"], 3),
+          "goal": 0.8, "torch_threads": th.get_num_threads(), "torch_compile": bool(rainbow_args.get("torch_compile")),
+          "rainbow_policy_kwargs": str(kwargs["policy_kwargs"])})
 
 
 def main() -> None:

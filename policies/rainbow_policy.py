@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch as th
@@ -76,6 +76,7 @@ class RainbowQNetwork(BasePolicy):
         # The support z_i is derived from v_min/v_max: rebuild it rather than save it.
         support = th.linspace(self.v_min, self.v_max, n_atoms) if n_atoms > 1 else th.zeros(1)
         self.register_buffer("support", support, persistent=False)
+        self._compiled_noisy_actions: Callable[[PyTorchObs], th.Tensor] | None = None  # see compile_acting()
 
     def reset_noise(self) -> None:
         """Resample the noise of every noisy layer (no-op without noisy layers)."""
@@ -95,13 +96,30 @@ class RainbowQNetwork(BasePolicy):
         """Q-values ``(batch, n_actions)``; mean weights unless ``noise=True``."""
         return self.q_values_from_logits(self.logits(obs, noise))
 
+    def greedy_actions(self, observation: PyTorchObs, noise: bool = False) -> th.Tensor:
+        """argmax_a Q(s, a) for each observation, with the current noise sample or the mean weights."""
+        return self(observation, noise=noise).argmax(dim=1).reshape(-1)
+
+    def _noisy_greedy_actions(self, observation: PyTorchObs) -> th.Tensor:
+        return self.greedy_actions(observation, noise=True)
+
+    def compile_acting(self) -> None:
+        """Compile noisy acting, which ``learn`` runs at every environment step, with ``torch.compile``.
+
+        Only the noisy path: its batch shape is fixed by the number of envs. Deterministic acting (evaluation,
+        any batch size) stays eager, so evaluating never triggers a compilation.
+        """
+        self._compiled_noisy_actions = th.compile(self._noisy_greedy_actions, dynamic=False)
+
     def _predict(self, observation: PyTorchObs, deterministic: bool = True) -> th.Tensor:
         # Noisy exploration is tied to acting stochastically, not to train/eval mode
         # (SB3 switches to eval mode for every rollout and predict).
-        noise = self.noisy and not deterministic
-        if noise:
-            self.reset_noise()
-        return self(observation, noise=noise).argmax(dim=1).reshape(-1)
+        if not self.noisy or deterministic:
+            return self.greedy_actions(observation, noise=False)
+        self.reset_noise()
+        if self._compiled_noisy_actions is not None:
+            return self._compiled_noisy_actions(observation)
+        return self._noisy_greedy_actions(observation)
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()

@@ -5,6 +5,7 @@ Only argument parsing lives here, and nothing here imports torch: the work is im
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from typing import Sequence
 
@@ -50,6 +51,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if target is None:
             raise UsageError(f"environment {args.env!r} defines no reward_threshold; pass --target-reward instead")
     output = args.output or f"runs/{args.algo}-{args.env.replace('/', '_')}"
+    # torch.compile (a preset's torch_compile) logs that a CUDA build of torch found no GPU: noise for a CPU run.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     try:
         result = rl_run.train(
             args.algo, args.env, timesteps=args.timesteps, seed=args.seed, n_envs=args.n_envs,

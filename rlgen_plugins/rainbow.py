@@ -70,6 +70,21 @@ def clip_grad_norm(parameters: list[th.Tensor], max_norm: float) -> th.Tensor:
     return total_norm
 
 
+def _check_cpu_compiler() -> None:
+    """Fail at construction, not at the first gradient step, when ``torch.compile`` has no C++ compiler for the CPU."""
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler  # private: skip the check if it moves
+    except ImportError:
+        return
+    try:
+        get_cpp_compiler()
+    except Exception as exc:  # inductor raises its own exception types here
+        raise ValueError(
+            f"torch_compile=True needs a C++ compiler for torch.compile on the CPU (install g++ or set CXX), or "
+            f"pass torch_compile=False (for a saved model: Rainbow.load(path, torch_compile=False)): {exc}"
+        ) from None
+
+
 def _registry_get(kind: str, name: str) -> Any:
     """``registry.get(kind, name)``; ``LookupError`` when unknown or when no registry is importable."""
     try:
@@ -121,6 +136,10 @@ class Rainbow(OffPolicyAlgorithm):
     :param exploration_initial_eps: initial epsilon (non-noisy only)
     :param exploration_final_eps: final epsilon (non-noisy only)
     :param max_grad_norm: gradient-norm clipping threshold
+    :param torch_compile: compile the update's loss (forward passes, targets, hence its backward) and noisy acting
+        with ``torch.compile``: fewer, fused kernels, which is what small networks on CPU need (CartPole: ~1.3-1.5x
+        env steps per second). The first call compiles (~25 s on a fresh 2-core machine, seconds once cached);
+        needs a C++ compiler on CPU. Off by default; the CartPole preset turns it on. See docs/rainbow.md.
     :param policy_kwargs: see :class:`policies.RainbowPolicy` (``net_arch``, ``dueling``, ``noisy``,
         ``noisy_std``, ``n_atoms``, ``v_min``, ``v_max``, ``features_extractor_class``, ``optimizer_kwargs``, ...)
     Other parameters are those of SB3's ``DQN``.
@@ -158,6 +177,7 @@ class Rainbow(OffPolicyAlgorithm):
         exploration_initial_eps: float = 1.0,
         exploration_final_eps: float = 0.01,
         max_grad_norm: float = 10.0,
+        torch_compile: bool = False,
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -167,6 +187,8 @@ class Rainbow(OffPolicyAlgorithm):
         _init_setup_model: bool = True,
     ) -> None:
         self._check_arguments(gamma, n_steps, tau, target_update_interval, batch_size, max_grad_norm, policy_kwargs)
+        if not isinstance(torch_compile, bool):
+            raise ValueError(f"torch_compile must be True or False, got {torch_compile!r}")
         try:
             super().__init__(
                 policy,
@@ -209,6 +231,7 @@ class Rainbow(OffPolicyAlgorithm):
         self.target_update_interval = target_update_interval
         self._n_calls = 0
         self.max_grad_norm = max_grad_norm
+        self.torch_compile = torch_compile
         self.exploration_rate = 0.0
         if _init_setup_model:
             self._setup_model()
@@ -300,6 +323,7 @@ class Rainbow(OffPolicyAlgorithm):
             self.exploration_initial_eps, self.exploration_final_eps, self.exploration_fraction
         )
         self._prioritized = hasattr(self.replay_buffer, "update_priorities")
+        self._setup_compilation()
         # PER importance-sampling exponent: beta_0 -> 1 linearly over training (Schaul et al. 2016, section 3.4).
         beta0 = float(getattr(self.replay_buffer, "beta", 1.0)) if self._prioritized else 1.0
         self.beta_schedule = LinearSchedule(beta0, 1.0, 1.0) if self._prioritized else None
@@ -308,6 +332,22 @@ class Rainbow(OffPolicyAlgorithm):
                 f"n_envs ({self.n_envs}) > target_update_interval ({self.target_update_interval}): "
                 f"the target network is updated after every env.step(), i.e. every {self.n_envs} steps."
             )
+
+    def _setup_compilation(self) -> None:
+        """Pick the update's loss function: ``torch.compile``-d (noisy acting too) when ``torch_compile`` is set.
+
+        Compiling fuses the three forward passes, the C51 projection and their backward into a few kernels; on a
+        small network those cost per-operation overhead, not arithmetic, and compiling halves their time. The batch
+        size is fixed, so shapes are static (``dynamic=False``). Compilation happens at the first call.
+        """
+        self._loss_fn = self._loss_and_priorities
+        if not self.torch_compile:
+            return
+        if self.device.type == "cpu":
+            _check_cpu_compiler()
+        self._loss_fn = th.compile(self._loss_and_priorities, dynamic=False)
+        if hasattr(self.q_net, "compile_acting"):  # policies from plugins may not offer it
+            self.q_net.compile_acting()  # noisy acting runs at every env step of learn()
 
     def _create_aliases(self) -> None:
         self.q_net = self.policy.q_net
@@ -368,6 +408,13 @@ class Rainbow(OffPolicyAlgorithm):
         # prediction has converged onto the target (e.g. terminal transitions); the buffer rejects negatives.
         return kl, kl.detach().clamp_min(0.0)
 
+    def _loss_and_priorities(self, data: Any) -> tuple[th.Tensor, th.Tensor]:
+        """The batch's loss (importance-weighted with prioritised replay) and each transition's new priority."""
+        per_sample, priorities = self._per_sample_loss(data)
+        if self._prioritized:
+            return (data.weights.view(-1) * per_sample).mean(), priorities  # importance-sampling correction w_i
+        return per_sample.mean(), priorities
+
     def train(self, gradient_steps: int, batch_size: int = 100) -> None:
         buffer = self.replay_buffer
         if buffer is None or buffer.size() * buffer.n_envs < batch_size:
@@ -383,11 +430,7 @@ class Rainbow(OffPolicyAlgorithm):
                 data = data._replace(discounts=th.full_like(data.rewards, self.gamma))
             if self.noisy:  # fresh noise for online and target networks at every gradient step
                 self.policy.reset_noise()
-            per_sample, priorities = self._per_sample_loss(data)
-            if self._prioritized:
-                loss = (data.weights.view(-1) * per_sample).mean()  # importance-sampling correction w_i
-            else:
-                loss = per_sample.mean()
+            loss, priorities = self._loss_fn(data)
             for param in self._trained_parameters:  # optimizer.zero_grad(set_to_none=True) without its wrapper
                 param.grad = None
             loss.backward()
@@ -441,7 +484,7 @@ class Rainbow(OffPolicyAlgorithm):
         )
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "q_net", "q_net_target", "_trained_parameters"]
+        return [*super()._excluded_save_params(), "q_net", "q_net_target", "_trained_parameters", "_loss_fn"]
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
         return ["policy", "policy.optimizer"], []

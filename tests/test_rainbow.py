@@ -195,21 +195,23 @@ import torch as th
 th.set_num_threads(1)
 from rlgen_plugins.rainbow import Rainbow
 model = Rainbow("MlpPolicy", "CartPole-v1", learning_starts=50, batch_size=32, buffer_size=1_000, train_freq=1,
-                target_update_interval=20, seed=5, policy_kwargs=dict(net_arch=[32], n_atoms=11, v_max=20.0))
+                target_update_interval=20, seed=5, policy_kwargs=dict(net_arch=[32], n_atoms=11, v_max=20.0),
+                torch_compile=sys.argv[2] == "compile")
 model.learn(int(sys.argv[1]))
 params = b"".join(p.detach().numpy().tobytes() for p in model.policy.parameters())
 print(hashlib.sha256(params).hexdigest())
 """
 
 
-def test_same_seed_same_parameters_across_processes() -> None:
+@pytest.mark.parametrize("mode", ["eager", "compile"])
+def test_same_seed_same_parameters_across_processes(mode: str) -> None:
     """Separate processes with the same seed and length train identical networks (no hidden nondeterminism from
-    fused Adam, numba or the thread pool)."""
+    fused Adam, numba, the thread pool, or torch.compile's generated kernels, cached or not)."""
     import subprocess
     import sys
 
     def run(steps: int) -> str:
-        done = subprocess.run([sys.executable, "-c", _SEEDED_RUN, str(steps)], capture_output=True, text=True,
+        done = subprocess.run([sys.executable, "-c", _SEEDED_RUN, str(steps), mode], capture_output=True, text=True,
                               check=True, timeout=300)
         return done.stdout.strip().splitlines()[-1]
 

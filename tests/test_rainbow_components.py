@@ -9,6 +9,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
+from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.envs import IdentityEnv, IdentityEnvBox
 
 from rlgen_plugins.rainbow import Rainbow, UnknownNameError, UnsupportedSpaceError, clip_grad_norm
@@ -236,6 +237,71 @@ def test_v_min_is_kept_as_given() -> None:
     assert model.q_net_target.support.shape == (11,)
 
 
+# ---------------------------------------------------------------- torch.compile
+
+def _loss_and_gradients(model: Rainbow, loss_fn, data) -> tuple[th.Tensor, th.Tensor, list[th.Tensor]]:
+    for param in model._trained_parameters:
+        param.grad = None
+    loss, priorities = loss_fn(data)
+    loss.backward()
+    return loss.detach(), priorities, [param.grad.clone() for param in model._trained_parameters]
+
+
+@pytest.mark.parametrize("n_atoms", [1, 11])
+def test_compiled_loss_matches_eager_for_each_model_and_after_load(n_atoms: int, tmp_path) -> None:
+    """torch_compile=True gives eager's loss, priorities and gradients: for two models in turn (dynamo shares one
+    compiled graph between instances, which must read each model's own weights) and for a reloaded model."""
+    models = []
+    for seed in (0, 1):
+        model = tiny_model(seed=seed, torch_compile=True, policy_kwargs=dict(TINY, n_atoms=n_atoms))
+        model.learn(30)  # compiles at the first gradient step and trains with the compiled loss
+        models.append(model)
+    models[1].save(tmp_path / "model")
+    loaded = Rainbow.load(tmp_path / "model", env=IdentityEnv(3, ep_length=10))
+    assert loaded.torch_compile is True
+    loaded.replay_buffer = models[1].replay_buffer
+    for model in [*models, loaded]:
+        data = model.replay_buffer.sample(8)
+        model.policy.reset_noise()
+        loss, priorities, grads = _loss_and_gradients(model, model._loss_fn, data)
+        eager_loss, eager_priorities, eager_grads = _loss_and_gradients(model, model._loss_and_priorities, data)
+        th.testing.assert_close(loss, eager_loss, rtol=1e-5, atol=1e-6)
+        th.testing.assert_close(priorities, eager_priorities, rtol=1e-5, atol=1e-6)
+        for grad, eager_grad in zip(grads, eager_grads):
+            th.testing.assert_close(grad, eager_grad, rtol=1e-4, atol=1e-6)
+    assert not th.allclose(models[0]._loss_and_priorities(data)[0], models[1]._loss_and_priorities(data)[0])
+
+
+def test_compiled_noisy_acting_takes_eager_actions_on_the_same_noise() -> None:
+    """torch_compile also compiles noisy acting (learn's predict); deterministic acting stays eager."""
+    assert tiny_model().q_net._compiled_noisy_actions is None
+    model = tiny_model(torch_compile=True, env=make_vec_env(lambda: IdentityEnv(3, ep_length=10), n_envs=2))
+    model.learn(30)
+    q_net = model.q_net
+    assert q_net._compiled_noisy_actions is not None
+    gen = np.random.default_rng(0)
+    for _ in range(20):
+        obs = th.as_tensor(gen.integers(0, 3, size=2))  # a batch of n_envs observations, as learn() acts on
+        q_net.reset_noise()
+        with th.no_grad():
+            expected = q_net(obs, noise=True).argmax(dim=1)
+            assert th.equal(q_net._compiled_noisy_actions(obs), expected)
+
+
+def test_torch_compile_without_a_cpp_compiler_fails_at_construction(monkeypatch: pytest.MonkeyPatch,
+                                                                    tmp_path) -> None:
+    from torch._inductor import config as inductor_config
+
+    tiny_model(torch_compile=True).save(tmp_path / "compiled")  # compilation is lazy: nothing compiled yet
+    monkeypatch.setattr(inductor_config.cpp, "cxx", ("no-such-c++-compiler",))
+    with pytest.raises(ValueError, match="torch_compile"):
+        tiny_model(torch_compile=True)
+    with pytest.raises(ValueError, match="torch_compile=False"):
+        Rainbow.load(tmp_path / "compiled")
+    assert Rainbow.load(tmp_path / "compiled", torch_compile=False).torch_compile is False
+    assert tiny_model(torch_compile=False).torch_compile is False
+
+
 # ---------------------------------------------------------------- bad input
 
 @pytest.mark.parametrize(
@@ -250,6 +316,7 @@ def test_v_min_is_kept_as_given() -> None:
         (dict(gamma=-0.1), "gamma"),
         (dict(tau=0.0), "tau"),
         (dict(policy_kwargs=dict(noisy_std=0.0)), "noisy_std"),
+        (dict(torch_compile="yes"), "torch_compile"),
     ],
 )
 def test_bad_arguments_raise_value_error_naming_them(kwargs: dict, argument: str) -> None:
