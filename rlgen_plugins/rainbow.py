@@ -19,7 +19,7 @@ The math lives in :mod:`rlgen_plugins.rainbow_targets`, the networks in :mod:`po
 from __future__ import annotations
 
 import warnings
-from typing import Any, ClassVar, TypeVar
+from typing import Any, Callable, ClassVar, TypeVar
 
 import numpy as np
 import torch as th
@@ -29,6 +29,8 @@ from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 from stable_baselines3.common.utils import LinearSchedule, get_parameters_by_name, polyak_update
+from torch import nn
+from torch.func import functional_call, grad_and_value
 
 from policies.heads import categorical_expectation
 from policies.rainbow_policy import CnnPolicy, MlpPolicy, MultiInputPolicy, RainbowPolicy, check_distribution_args
@@ -68,6 +70,20 @@ def clip_grad_norm(parameters: list[th.Tensor], max_norm: float) -> th.Tensor:
     if total_norm.device.type != "cpu" or float(total_norm) + 1e-6 > max_norm:  # torch: max_norm / (norm + 1e-6)
         th.nn.utils.clip_grads_with_norm_(parameters, max_norm, total_norm)
     return total_norm
+
+
+LogitsFn = Callable[[Any, bool], th.Tensor]
+
+
+class _Logits(nn.Module):
+    """``q_net.logits`` as ``forward``, so ``torch.func.functional_call`` can run it with parameters passed in."""
+
+    def __init__(self, q_net: nn.Module) -> None:
+        super().__init__()
+        self.q_net = q_net
+
+    def forward(self, obs: Any, noise: bool) -> th.Tensor:
+        return self.q_net.logits(obs, noise)
 
 
 def _check_cpu_compiler() -> None:
@@ -136,10 +152,11 @@ class Rainbow(OffPolicyAlgorithm):
     :param exploration_initial_eps: initial epsilon (non-noisy only)
     :param exploration_final_eps: final epsilon (non-noisy only)
     :param max_grad_norm: gradient-norm clipping threshold
-    :param torch_compile: compile the update's loss (forward passes, targets, hence its backward) and noisy acting
-        with ``torch.compile``: fewer, fused kernels, which is what small networks on CPU need (CartPole: ~1.3-1.5x
-        env steps per second). The first call compiles (~25 s on a fresh 2-core machine, seconds once cached);
-        needs a C++ compiler on CPU. Off by default; the CartPole preset turns it on. See docs/rainbow.md.
+    :param torch_compile: compute each update's gradients (``torch.func.grad_and_value`` of the loss) and act with
+        noise through ``torch.compile``: fewer, fused kernels and no autograd graph, which is what small networks on
+        CPU need (CartPole: 1.5-1.8x env steps per second). The first call compiles (~25 s on a fresh 2-core
+        machine, seconds once cached); needs a C++ compiler on CPU. Off by default; the CartPole preset turns it on.
+        See docs/rainbow.md.
     :param policy_kwargs: see :class:`policies.RainbowPolicy` (``net_arch``, ``dueling``, ``noisy``,
         ``noisy_std``, ``n_atoms``, ``v_min``, ``v_max``, ``features_extractor_class``, ``optimizer_kwargs``, ...)
     Other parameters are those of SB3's ``DQN``.
@@ -334,18 +351,22 @@ class Rainbow(OffPolicyAlgorithm):
             )
 
     def _setup_compilation(self) -> None:
-        """Pick the update's loss function: ``torch.compile``-d (noisy acting too) when ``torch_compile`` is set.
+        """With ``torch_compile``: compile the gradient computation and noisy acting.
 
-        Compiling fuses the three forward passes, the C51 projection and their backward into a few kernels; on a
-        small network those cost per-operation overhead, not arithmetic, and compiling halves their time. The batch
-        size is fixed, so shapes are static (``dynamic=False``). Compilation happens at the first call.
+        The compiled update is one function of the online parameters, ``torch.func.grad_and_value`` of
+        :meth:`_loss_of_parameters`: the three forward passes, the targets, the loss and the gradients become a few
+        fused kernels in one call, with no autograd graph to record or replay. On a small network the update is
+        per-operation overhead, not arithmetic, so this takes the forward-and-backward time to about a third.
+        Shapes are static (``dynamic=False``: the batch size is fixed); compilation happens at the first call.
         """
-        self._loss_fn = self._loss_and_priorities
+        self._compiled_gradients: Callable[..., Any] | None = None
         if not self.torch_compile:
             return
         if self.device.type == "cpu":
             _check_cpu_compiler()
-        self._loss_fn = th.compile(self._loss_and_priorities, dynamic=False)
+        self._online_logits = _Logits(self.q_net)
+        self._named_parameters = {f"q_net.{name}": param for name, param in self.q_net.named_parameters()}
+        self._compiled_gradients = th.compile(grad_and_value(self._loss_of_parameters, has_aux=True), dynamic=False)
         if hasattr(self.q_net, "compile_acting"):  # policies from plugins may not offer it
             self.q_net.compile_acting()  # noisy acting runs at every env step of learn()
 
@@ -370,19 +391,21 @@ class Rainbow(OffPolicyAlgorithm):
         self.exploration_rate = 0.0 if self.noisy else self.exploration_schedule(self._current_progress_remaining)
         self.logger.record("rollout/exploration_rate", self.exploration_rate)
 
-    def _per_sample_loss(self, data: Any) -> tuple[th.Tensor, th.Tensor]:
+    def _per_sample_loss(self, data: Any, online_logits: LogitsFn | None = None) -> tuple[th.Tensor, th.Tensor]:
         """Loss of each transition, shape (batch,), and its raw priority: KL for C51, Huber / |TD error| otherwise.
 
         With Double Q the online network also scores s' (same noise sample, as the paper's online network) to
         pick a*; that pass runs without autograd: batching it with s would double the backward pass's matmuls.
+        ``online_logits`` replaces ``q_net.logits`` (the compiled update passes the parameters in explicitly).
         """
         noise = self.noisy
         q_net = self.q_net
+        logits_of = online_logits if online_logits is not None else q_net.logits
         actions = data.actions.long().view(-1, 1)
-        logits = q_net.logits(data.observations, noise)  # (batch, n_actions, n_atoms)
+        logits = logits_of(data.observations, noise)  # (batch, n_actions, n_atoms)
         if self.double_q:
             with th.no_grad():
-                next_logits_online = q_net.logits(data.next_observations, noise)
+                next_logits_online = logits_of(data.next_observations, noise)
         n_atoms = logits.shape[-1]
         chosen = logits.gather(1, actions.unsqueeze(-1).expand(-1, 1, n_atoms)).squeeze(1)  # (batch, n_atoms)
         with th.no_grad():
@@ -408,12 +431,20 @@ class Rainbow(OffPolicyAlgorithm):
         # prediction has converged onto the target (e.g. terminal transitions); the buffer rejects negatives.
         return kl, kl.detach().clamp_min(0.0)
 
-    def _loss_and_priorities(self, data: Any) -> tuple[th.Tensor, th.Tensor]:
+    def _loss_and_priorities(self, data: Any, online_logits: LogitsFn | None = None) -> tuple[th.Tensor, th.Tensor]:
         """The batch's loss (importance-weighted with prioritised replay) and each transition's new priority."""
-        per_sample, priorities = self._per_sample_loss(data)
+        per_sample, priorities = self._per_sample_loss(data, online_logits)
         if self._prioritized:
             return (data.weights.view(-1) * per_sample).mean(), priorities  # importance-sampling correction w_i
         return per_sample.mean(), priorities
+
+    def _loss_of_parameters(self, parameters: dict[str, th.Tensor], data: Any) -> tuple[th.Tensor, th.Tensor]:
+        """:meth:`_loss_and_priorities` as a function of the online parameters, for ``torch.func.grad_and_value``."""
+
+        def online_logits(obs: Any, noise: bool) -> th.Tensor:
+            return functional_call(self._online_logits, parameters, (obs, noise))
+
+        return self._loss_and_priorities(data, online_logits)
 
     def train(self, gradient_steps: int, batch_size: int = 100) -> None:
         buffer = self.replay_buffer
@@ -430,10 +461,17 @@ class Rainbow(OffPolicyAlgorithm):
                 data = data._replace(discounts=th.full_like(data.rewards, self.gamma))
             if self.noisy:  # fresh noise for online and target networks at every gradient step
                 self.policy.reset_noise()
-            loss, priorities = self._loss_fn(data)
-            for param in self._trained_parameters:  # optimizer.zero_grad(set_to_none=True) without its wrapper
-                param.grad = None
-            loss.backward()
+            if self._compiled_gradients is not None:
+                tensors_only = data._replace(indices=None) if hasattr(data, "indices") else data  # PER's numpy indices
+                with th.no_grad():  # grad_and_value differentiates inside; outer autograd has nothing to record
+                    grads, (loss, priorities) = self._compiled_gradients(self._named_parameters, tensors_only)
+                for param, grad in zip(self._trained_parameters, grads.values()):
+                    param.grad = grad
+            else:
+                loss, priorities = self._loss_and_priorities(data)
+                for param in self._trained_parameters:  # optimizer.zero_grad(set_to_none=True) without its wrapper
+                    param.grad = None
+                loss.backward()
             clip_grad_norm(self._trained_parameters, self.max_grad_norm)
             self.policy.optimizer.step()
             if self._prioritized:
@@ -484,7 +522,8 @@ class Rainbow(OffPolicyAlgorithm):
         )
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "q_net", "q_net_target", "_trained_parameters", "_loss_fn"]
+        compiled = ["_compiled_gradients", "_online_logits", "_named_parameters"]
+        return [*super()._excluded_save_params(), "q_net", "q_net_target", "_trained_parameters", *compiled]
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
         return ["policy", "policy.optimizer"], []

@@ -239,12 +239,18 @@ def test_v_min_is_kept_as_given() -> None:
 
 # ---------------------------------------------------------------- torch.compile
 
-def _loss_and_gradients(model: Rainbow, loss_fn, data) -> tuple[th.Tensor, th.Tensor, list[th.Tensor]]:
+def _eager_loss_and_gradients(model: Rainbow, data) -> tuple[th.Tensor, th.Tensor, list[th.Tensor]]:
     for param in model._trained_parameters:
         param.grad = None
-    loss, priorities = loss_fn(data)
+    loss, priorities = model._loss_and_priorities(data)
     loss.backward()
     return loss.detach(), priorities, [param.grad.clone() for param in model._trained_parameters]
+
+
+def _compiled_loss_and_gradients(model: Rainbow, data) -> tuple[th.Tensor, th.Tensor, list[th.Tensor]]:
+    with th.no_grad():
+        grads, (loss, priorities) = model._compiled_gradients(model._named_parameters, data._replace(indices=None))
+    return loss, priorities, list(grads.values())
 
 
 @pytest.mark.parametrize("n_atoms", [1, 11])
@@ -263,8 +269,9 @@ def test_compiled_loss_matches_eager_for_each_model_and_after_load(n_atoms: int,
     for model in [*models, loaded]:
         data = model.replay_buffer.sample(8)
         model.policy.reset_noise()
-        loss, priorities, grads = _loss_and_gradients(model, model._loss_fn, data)
-        eager_loss, eager_priorities, eager_grads = _loss_and_gradients(model, model._loss_and_priorities, data)
+        loss, priorities, grads = _compiled_loss_and_gradients(model, data)
+        eager_loss, eager_priorities, eager_grads = _eager_loss_and_gradients(model, data)
+        assert len(grads) == len(eager_grads) == len(list(model.q_net.parameters()))
         th.testing.assert_close(loss, eager_loss, rtol=1e-5, atol=1e-6)
         th.testing.assert_close(priorities, eager_priorities, rtol=1e-5, atol=1e-6)
         for grad, eager_grad in zip(grads, eager_grads):
