@@ -293,6 +293,12 @@ def test_compiled_noisy_acting_takes_eager_actions_on_the_same_noise() -> None:
         with th.no_grad():
             expected = q_net(obs, noise=True).argmax(dim=1)
             assert th.equal(q_net._compiled_noisy_actions(obs), expected)
+    compiled, calls = q_net._compiled_noisy_actions, []
+    q_net._compiled_noisy_actions = lambda obs: calls.append(obs) or compiled(obs)
+    model.predict(np.array([0, 1]), deterministic=True)
+    assert calls == []  # evaluation stays eager: any batch size, never a compilation
+    model.predict(np.array([0, 1]), deterministic=False)
+    assert len(calls) == 1
 
 
 def test_torch_compile_without_a_cpp_compiler_fails_at_construction(monkeypatch: pytest.MonkeyPatch,
