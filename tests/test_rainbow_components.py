@@ -301,18 +301,18 @@ def test_compiled_noisy_acting_takes_eager_actions_on_the_same_noise() -> None:
     assert len(calls) == 1
 
 
-def test_torch_compile_without_a_cpp_compiler_fails_at_construction(monkeypatch: pytest.MonkeyPatch,
-                                                                    tmp_path) -> None:
+def test_torch_compile_without_a_cpp_compiler_fails_at_construction(tmp_path) -> None:
     from torch._inductor import config as inductor_config
 
     tiny_model(torch_compile=True).save(tmp_path / "compiled")  # compilation is lazy: nothing compiled yet
-    monkeypatch.setattr(inductor_config.cpp, "cxx", ("no-such-c++-compiler",))
-    with pytest.raises(ValueError, match="torch_compile"):
-        tiny_model(torch_compile=True)
-    with pytest.raises(ValueError, match="torch_compile=False"):
-        Rainbow.load(tmp_path / "compiled")
-    assert Rainbow.load(tmp_path / "compiled", torch_compile=False).torch_compile is False
-    assert tiny_model(torch_compile=False).torch_compile is False
+    with inductor_config.patch({"cpp.cxx": ("no-such-c++-compiler",)}):  # inductor's own patch: restored exactly
+        with pytest.raises(ValueError, match="torch_compile"):
+            tiny_model(torch_compile=True)
+        with pytest.raises(ValueError, match="torch_compile=False"):
+            Rainbow.load(tmp_path / "compiled")
+        assert Rainbow.load(tmp_path / "compiled", torch_compile=False).torch_compile is False
+        assert tiny_model(torch_compile=False).torch_compile is False
+    assert tiny_model(torch_compile=True).torch_compile is True  # the real compiler is found again afterwards
 
 
 # ---------------------------------------------------------------- bad input
