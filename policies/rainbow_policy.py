@@ -76,7 +76,7 @@ class RainbowQNetwork(BasePolicy):
         # The support z_i is derived from v_min/v_max: rebuild it rather than save it.
         support = th.linspace(self.v_min, self.v_max, n_atoms) if n_atoms > 1 else th.zeros(1)
         self.register_buffer("support", support, persistent=False)
-        self._compiled_noisy_actions: Callable[[PyTorchObs], th.Tensor] | None = None  # see compile_acting()
+        self._compiled_noisy_actions: Callable[..., th.Tensor] | None = None  # see compile_acting()
 
     def reset_noise(self) -> None:
         """Resample the noise of every noisy layer (no-op without noisy layers)."""
@@ -100,16 +100,13 @@ class RainbowQNetwork(BasePolicy):
         """argmax_a Q(s, a) for each observation, with the current noise sample or the mean weights."""
         return self(observation, noise=noise).argmax(dim=1).reshape(-1)
 
-    def _noisy_greedy_actions(self, observation: PyTorchObs) -> th.Tensor:
-        return self.greedy_actions(observation, noise=True)
-
     def compile_acting(self) -> None:
         """Compile noisy acting, which ``learn`` runs at every environment step, with ``torch.compile``.
 
-        Only the noisy path: its batch shape is fixed by the number of envs. Deterministic acting (evaluation,
-        any batch size) stays eager, so evaluating never triggers a compilation.
+        Only the noisy path uses it: its batch shape is fixed by the number of envs. Deterministic acting
+        (evaluation, any batch size) stays eager, so evaluating never triggers a compilation.
         """
-        self._compiled_noisy_actions = th.compile(self._noisy_greedy_actions, dynamic=False)
+        self._compiled_noisy_actions = th.compile(self.greedy_actions, dynamic=False)
 
     def _predict(self, observation: PyTorchObs, deterministic: bool = True) -> th.Tensor:
         # Noisy exploration is tied to acting stochastically, not to train/eval mode
@@ -117,9 +114,7 @@ class RainbowQNetwork(BasePolicy):
         if not self.noisy or deterministic:
             return self.greedy_actions(observation, noise=False)
         self.reset_noise()
-        if self._compiled_noisy_actions is not None:
-            return self._compiled_noisy_actions(observation)
-        return self._noisy_greedy_actions(observation)
+        return (self._compiled_noisy_actions or self.greedy_actions)(observation, noise=True)
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()

@@ -86,6 +86,13 @@ class _Logits(nn.Module):
         return self.q_net.logits(obs, noise)
 
 
+def _without_arrays(samples: Any) -> Any:
+    """The sample tuple with its numpy fields (PER's ``indices``, a plugin buffer's bookkeeping) set to ``None``:
+    the compiled update takes tensors only."""
+    arrays = {name: None for name, value in samples._asdict().items() if isinstance(value, np.ndarray)}
+    return samples._replace(**arrays) if arrays else samples
+
+
 def _check_cpu_compiler() -> None:
     """Fail at construction, not at the first gradient step, when ``torch.compile`` has no C++ compiler for the CPU."""
     try:
@@ -462,9 +469,8 @@ class Rainbow(OffPolicyAlgorithm):
             if self.noisy:  # fresh noise for online and target networks at every gradient step
                 self.policy.reset_noise()
             if self._compiled_gradients is not None:
-                tensors_only = data._replace(indices=None) if hasattr(data, "indices") else data  # PER's numpy indices
                 with th.no_grad():  # grad_and_value differentiates inside; outer autograd has nothing to record
-                    grads, (loss, priorities) = self._compiled_gradients(self._named_parameters, tensors_only)
+                    grads, (loss, priorities) = self._compiled_gradients(self._named_parameters, _without_arrays(data))
                 for param, grad in zip(self._trained_parameters, grads.values()):
                     param.grad = grad
             else:
