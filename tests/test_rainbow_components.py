@@ -5,6 +5,8 @@ Each test pins one of the recurring Rainbow bugs listed in docs/reference (rainb
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ import torch as th
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.envs import IdentityEnv, IdentityEnvBox
 
+from buffers import PrioritizedReplayBuffer
 from rlgen_plugins.rainbow import (
     Rainbow,
     UnknownNameError,
@@ -305,6 +308,49 @@ def test_compiled_noisy_acting_takes_eager_actions_on_the_same_noise() -> None:
     assert calls == []  # evaluation stays eager: any batch size, never a compilation
     model.predict(np.array([0, 1]), deterministic=False)
     assert calls == [True]
+
+
+class _TaggedSamples(NamedTuple):
+    """A plugin buffer's sample type: PER's fields plus a bookkeeping array of its own."""
+
+    observations: th.Tensor
+    actions: th.Tensor
+    next_observations: th.Tensor
+    dones: th.Tensor
+    rewards: th.Tensor
+    discounts: th.Tensor
+    weights: th.Tensor
+    indices: np.ndarray
+    ages: np.ndarray
+
+
+class _TaggingBuffer(PrioritizedReplayBuffer):
+    """Returns ``_TaggedSamples`` and records the indices handed back to ``update_priorities``."""
+
+    def sample(self, batch_size: int, env=None, beta=None) -> _TaggedSamples:  # type: ignore[override]
+        samples = super().sample(batch_size, env, beta)
+        self.sampled.append(samples.indices.copy())
+        return _TaggedSamples(*samples, ages=self.pos - samples.indices // self.n_envs)
+
+    def update_priorities(self, indices, priorities) -> None:
+        self.updated.append(np.asarray(indices).copy())
+        super().update_priorities(indices, priorities)
+
+
+def test_compiled_update_takes_a_plugin_buffer_whose_samples_carry_extra_arrays() -> None:
+    """The compiled gradients take tensors only: every numpy field of a sample is dropped on the way in, while the
+    buffer still gets its own indices back with the new priorities."""
+    model = tiny_model(torch_compile=True, replay_buffer_class=_TaggingBuffer)
+    buffer = model.replay_buffer
+    buffer.sampled, buffer.updated = [], []
+    model.learn(30)
+    assert model._n_updates > 0 and len(buffer.updated) == len(buffer.sampled) == model._n_updates
+    for sampled, updated in zip(buffer.sampled, buffer.updated):
+        np.testing.assert_array_equal(updated, sampled)
+    data = buffer.sample(8)
+    stripped = _without_arrays(data)
+    assert type(stripped) is _TaggedSamples and stripped.indices is None and stripped.ages is None
+    assert stripped.observations is data.observations and stripped.weights is data.weights
 
 
 def test_torch_compile_without_a_cpp_compiler_fails_at_construction(tmp_path) -> None:
