@@ -68,6 +68,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"solved (>= {target:g}) at step {result.solved_at}" if result.solved_at is not None
               else f"not solved (>= {target:g}) within {result.timesteps} steps")
     print(f"model:          {result.model_path}")
+    if result.best_model_path is not None:
+        print(f"best model:     {result.best_model_path}")
     print(f"evaluations:    {result.evaluations_path}")
     print(f"learning curve: {result.curve_path}")
     print(f"run info:       {result.info_path}")
@@ -95,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train an RL algorithm on a gymnasium environment",
                            description="Train ALGO on ENV with its shipped preset (rlgen_plugins/hyperparams), "
                                        "evaluating deterministically every --eval-freq steps. Writes model.zip, "
-                                       "evaluations.csv, learning_curve.png and rlgen.json into --output.")
+                                       "best_model.zip, evaluations.csv, learning_curve.png and rlgen.json into "
+                                       "--output.")
     train.add_argument("algo", metavar="ALGO", help="a registered algorithm, e.g. rainbow (see: rlgen plugins)")
     train.add_argument("--env", required=True, metavar="ENV_ID", help="gymnasium id, e.g. CartPole-v1")
     train.add_argument("--timesteps", type=int, help="environment steps (default: the preset's n_timesteps)")

@@ -30,6 +30,7 @@ class TrainResult:
     """Where ``train`` wrote its outputs and the last evaluation."""
 
     model_path: Path
+    best_model_path: Path | None  # the best evaluated model (None when no evaluation ran)
     evaluations_path: Path
     curve_path: Path
     info_path: Path
@@ -208,7 +209,9 @@ def train(algo: str, env_id: str, *, timesteps: int | None = None, seed: int | N
     ``threads`` sets torch's CPU threads (0 keeps torch's default): small policies run fastest on one thread,
     and more threads than free cores slow every step down.
     """
-    from stable_baselines3.common.callbacks import EvalCallback, StopTrainingOnRewardThreshold
+    from stable_baselines3.common.callbacks import EvalCallback
+
+    from rlgen_plugins.callbacks import SaveBestModel
 
     try:
         algo_cls = registry.get("algorithms", algo)
@@ -240,10 +243,10 @@ def train(algo: str, env_id: str, *, timesteps: int | None = None, seed: int | N
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
 
-    stop = StopTrainingOnRewardThreshold(target_reward, verbose=0) if target_reward is not None else None
+    on_new_best = SaveBestModel(out / "best_model.zip", target_reward)
     # EvalCallback records its results only when given a log_path (it also writes evaluations.npz there)
     evaluator = EvalCallback(eval_env, n_eval_episodes=eval_episodes, eval_freq=max(eval_freq // n_envs, 1),
-                             deterministic=True, callback_on_new_best=stop, log_path=str(out), verbose=0)
+                             deterministic=True, callback_on_new_best=on_new_best, log_path=str(out), verbose=0)
     interrupted = False
     try:
         model.learn(total_timesteps=total, callback=evaluator, progress_bar=progress_bar)
@@ -259,8 +262,9 @@ def train(algo: str, env_id: str, *, timesteps: int | None = None, seed: int | N
     stds = [float(r.std()) for r in returns]
     solved_at = next((t for t, m in zip(steps, means) if target_reward is not None and m >= target_reward), None)
 
-    paths = TrainResult(out / "model.zip", out / "evaluations.csv", out / "learning_curve.png", out / RUN_INFO_FILE,
-                        int(model.num_timesteps), means[-1] if means else None, solved_at, seed)
+    best_path = on_new_best.path if on_new_best.best_timesteps is not None else None
+    paths = TrainResult(out / "model.zip", best_path, out / "evaluations.csv", out / "learning_curve.png",
+                        out / RUN_INFO_FILE, int(model.num_timesteps), means[-1] if means else None, solved_at, seed)
     save_atomically(model, paths.model_path)
     with open(paths.evaluations_path, "w", newline="") as handle:
         writer = csv.writer(handle)
@@ -274,6 +278,7 @@ def train(algo: str, env_id: str, *, timesteps: int | None = None, seed: int | N
         "hyperparams": {k: v if isinstance(v, (int, float, str, bool, list, dict, type(None))) else repr(v)
                         for k, v in hyperparams.items()},
         "last_mean_return": paths.last_mean_reward, "solved_at": solved_at, "interrupted": interrupted,
+        "best_mean_return": max(means) if means else None, "best_model_timesteps": on_new_best.best_timesteps,
     }, paths.info_path)
     if interrupted:
         raise KeyboardInterrupt

@@ -124,6 +124,14 @@ def test_train_then_evaluate_end_to_end(capsys, tmp_path):
     assert (out_dir / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     info = json.loads((out_dir / "rlgen.json").read_text())
     assert (info["algo"], info["env"], info["timesteps"]) == ("rainbow", "CartPole-v1", 300)
+    # best_model.zip: the model as it was at the first evaluation with the highest mean (rl-zoo3's best_model)
+    means = [float(r["mean_return"]) for r in rows]
+    best_step = int(rows[means.index(max(means))]["timesteps"])
+    assert (out_dir / "best_model.zip").is_file() and str(out_dir / "best_model.zip") in out
+    assert info["best_model_timesteps"] == best_step and info["best_mean_return"] == pytest.approx(max(means))
+    from rlgen_plugins.rainbow import Rainbow
+
+    assert Rainbow.load(out_dir / "best_model.zip").num_timesteps == best_step
 
     code, out, err = run_cli(capsys, "evaluate", str(out_dir / "model.zip"), "--env", "CartPole-v1",
                              "--episodes", "3")
