@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +18,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from rlgen_plugins.files import replace_atomically, write_text_atomically
 
 from .data import label_column, load_images, num_classes, split_holdout, with_image_transform
 
@@ -186,14 +187,8 @@ def cached_classifier(name: str, train_images: torch.Tensor, train_labels: torch
         meta = {"trained": True, "accuracy": acc}
     model.fit_feature_scale(train_images)
     meta.update(name=name, classes=classes, **settings)
-    weights.parent.mkdir(parents=True, exist_ok=True)
-    for path, write in ((weights, lambda p: save_file(model.state_dict(), p)),
-                        (meta_file, lambda p: Path(p).write_text(json.dumps(meta, indent=2)))):
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+    replace_atomically(weights, lambda tmp: save_file(model.state_dict(), tmp))
+    write_text_atomically(meta_file, json.dumps(meta, indent=2))
     return model, meta, weights
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -17,6 +16,7 @@ import torch
 from PIL import Image
 
 from diffusion.pipeline import denoise
+from rlgen_plugins.files import replace_atomically
 
 SCHEDULER_NAMES = ("ddpm", "ddim", "dpm-solver++")
 # Settings a scheduler kind gets on top of the trained config (see `sampling_scheduler` for the lambda clip).
@@ -133,24 +133,10 @@ def make_grid_image(images: torch.Tensor, nrow: int | None = None, scale: int = 
     return img.resize((img.width * scale, img.height * scale), Image.NEAREST) if scale > 1 else img
 
 
-def _atomic_save(save, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        save(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600 files
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
 def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = None, scale: int = 4) -> Path:
     """Write a PNG sample grid atomically."""
     img = make_grid_image(images, nrow, scale)
-    return _atomic_save(lambda p: img.save(p, format="PNG"), Path(path))
+    return replace_atomically(path, lambda tmp: img.save(tmp, format="PNG"), suffix=".png")
 
 
 def save_gif(frames: Sequence[torch.Tensor], path: str | os.PathLike, nrow: int | None = None, scale: int = 4,
@@ -160,7 +146,8 @@ def save_gif(frames: Sequence[torch.Tensor], path: str | os.PathLike, nrow: int 
         raise ValueError("no frames to write")
     imgs = [make_grid_image(f, nrow, scale).convert("P") for f in frames]
     durations = [duration_ms] * (len(imgs) - 1) + [duration_ms * 10]
-    return _atomic_save(
-        lambda p: imgs[0].save(p, format="GIF", save_all=True, append_images=imgs[1:], duration=durations, loop=0),
-        Path(path),
+    return replace_atomically(
+        path,
+        lambda tmp: imgs[0].save(tmp, format="GIF", save_all=True, append_images=imgs[1:], duration=durations, loop=0),
+        suffix=".gif",
     )

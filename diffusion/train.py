@@ -20,7 +20,6 @@ import os
 import random
 import shutil
 import signal
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -32,6 +31,8 @@ import torch
 import torch.nn.functional as F
 
 from .data import load_training_data
+from rlgen_plugins.files import replace_atomically, write_text_atomically
+
 from .sampling import generate, sampling_scheduler, save_gif, save_grid
 
 LOSSES = ("huber", "l1", "l2")
@@ -261,30 +262,6 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     return sorted(found, key=lambda p: int(p.stem[5:]))
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600 files
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
 def _rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()
     return {
@@ -426,7 +403,7 @@ def train(config: TrainConfig, on_step: Callable[[int, float], None] | None = No
     main = accelerator.is_main_process
     if main:
         out.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(out / CONFIG_FILE, json.dumps(config.to_json(), indent=2))
+        write_text_atomically(out / CONFIG_FILE, json.dumps(config.to_json(), indent=2))
     if log_with:
         accelerator.init_trackers("tensorboard", config=_flat_hparams(config))
 
@@ -473,7 +450,6 @@ def train(config: TrainConfig, on_step: Callable[[int, float], None] | None = No
     ema.to(accelerator.device)
     unwrapped = accelerator.unwrap_model(model)
     timesteps_n = scheduler.config.num_train_timesteps
-    alphas_device = None
 
     def save_checkpoint() -> Path:
         nonlocal last_ckpt
@@ -486,7 +462,7 @@ def train(config: TrainConfig, on_step: Callable[[int, float], None] | None = No
                 "optimizer": optimizer.state_dict(), "ema": ema.state_dict(), "rng": _rng_state(),
                 "noise_rng": noise_gen.get_state(), "elapsed_s": elapsed(),
             }
-            _atomic_torch_save(state, path)
+            replace_atomically(path, lambda tmp: torch.save(state, tmp), fsync=True)
             for old in list_checkpoints(out)[:-max(1, config.keep_checkpoints)]:
                 old.unlink(missing_ok=True)
         last_ckpt = path

@@ -238,9 +238,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     except DataError as exc:
         raise UsageError(str(exc)) from None
     out = _run_folder(args.model_dir) / f"evaluation-{args.scheduler}-{steps}.json"
-    from diffusion.train import _atomic_write_text
+    from rlgen_plugins.files import write_text_atomically
 
-    _atomic_write_text(out, json.dumps(report.to_json(), indent=2))
+    write_text_atomically(out, json.dumps(report.to_json(), indent=2))
     print(json.dumps(report.to_json()) if args.json else format_report(report))
     print(out)
     return 0

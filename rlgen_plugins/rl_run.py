@@ -8,11 +8,9 @@ import csv
 import difflib
 import inspect
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -20,6 +18,7 @@ import yaml
 
 import registry
 from rlgen_plugins.errors import UsageError
+from rlgen_plugins.files import replace_atomically, write_text_atomically
 from rlgen_plugins.presets import RUN_KEYS, load_preset, normalize_hyperparams
 
 RUN_INFO_FILE = "rlgen.json"
@@ -148,29 +147,13 @@ def default_policy(observation_space: gym.Space) -> str:
     return "CnnPolicy" if is_image_space(observation_space) else "MlpPolicy"
 
 
-def replace_atomically(path: Path, write: Callable[[str], Any], suffix: str = ".tmp") -> None:
-    """Have ``write(tmp)`` fill a temporary file beside ``path``, then rename it into place.
-
-    A crash or an error never leaves half a file at ``path``, and the temporary file is always removed.
-    """
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def save_atomically(model: Any, path: Path) -> None:
     """Write the SB3 zip atomically (the ``.zip`` suffix stops SB3 from appending one to the temporary name)."""
     replace_atomically(path, model.save, suffix=".tmp.zip")
 
 
 def write_json_atomically(data: dict, path: Path) -> None:
-    text = json.dumps(data, indent=2, default=str) + "\n"
-    replace_atomically(path, lambda tmp: Path(tmp).write_text(text))
+    write_text_atomically(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def plot_learning_curve(timesteps: Sequence[int], means: Sequence[float], stds: Sequence[float], path: Path,

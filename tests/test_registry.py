@@ -5,7 +5,6 @@ import subprocess
 import sys
 import textwrap
 import uuid
-import warnings
 from pathlib import Path
 
 import pytest
