@@ -5,7 +5,7 @@ Each test pins one of the recurring Rainbow bugs listed in docs/reference (rainb
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections import namedtuple
 
 import gymnasium as gym
 import numpy as np
@@ -15,6 +15,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.envs import IdentityEnv, IdentityEnvBox
 
 from buffers import PrioritizedReplayBuffer
+from buffers.samples import PrioritizedReplayBufferSamples
 from rlgen_plugins.rainbow import (
     Rainbow,
     UnknownNameError,
@@ -310,18 +311,8 @@ def test_compiled_noisy_acting_takes_eager_actions_on_the_same_noise() -> None:
     assert calls == [True]
 
 
-class _TaggedSamples(NamedTuple):
-    """A plugin buffer's sample type: PER's fields plus a bookkeeping array of its own."""
-
-    observations: th.Tensor
-    actions: th.Tensor
-    next_observations: th.Tensor
-    dones: th.Tensor
-    rewards: th.Tensor
-    discounts: th.Tensor
-    weights: th.Tensor
-    indices: np.ndarray
-    ages: np.ndarray
+# A plugin buffer's sample type: PER's fields plus a bookkeeping array of its own.
+_TaggedSamples = namedtuple("_TaggedSamples", [*PrioritizedReplayBufferSamples._fields, "ages"])
 
 
 class _TaggingBuffer(PrioritizedReplayBuffer):
