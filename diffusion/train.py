@@ -30,9 +30,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import load_training_data
 from rlgen_plugins.files import replace_atomically, write_text_atomically
 
+from .data import load_training_data
 from .sampling import generate, sampling_scheduler, save_gif, save_grid
 
 LOSSES = ("huber", "l1", "l2")
