@@ -149,8 +149,8 @@ class RainbowPolicy(BasePolicy):
     :param v_max: highest atom of the support (paper: 10)
     :param shared_trunk: with ``dueling``, share every hidden layer and make the value and advantage streams
         output layers only (cheaper; the paper's streams each have a hidden layer)
-    :param optimizer_kwargs: defaults to ``{"eps": 1.5e-4, "fused": True}`` for Adam (the paper's epsilon; fused
-        Adam for speed)
+    :param optimizer_kwargs: for Adam, merged over ``{"eps": 1.5e-4, "fused": True}`` (the paper's epsilon; fused
+        Adam for speed), so passing e.g. ``{"weight_decay": 1e-5}`` keeps the paper's epsilon; pass ``eps`` to change it
     Other parameters are those of SB3's ``DQNPolicy``.
     """
 
@@ -182,8 +182,8 @@ class RainbowPolicy(BasePolicy):
             raise ValueError(f"noisy_std must be > 0, got {noisy_std}")
         if net_arch is not None and any((not isinstance(h, int)) or h < 1 for h in net_arch):
             raise ValueError(f"net_arch must be a list of positive layer sizes, got {net_arch!r}")
-        if optimizer_kwargs is None and optimizer_class is th.optim.Adam:
-            optimizer_kwargs = dict(DEFAULT_ADAM_KWARGS)
+        if optimizer_class is th.optim.Adam:  # the epsilon matters (CartPole preset notes): keep it unless overridden
+            optimizer_kwargs = {**DEFAULT_ADAM_KWARGS, **(optimizer_kwargs or {})}
         super().__init__(
             observation_space,
             action_space,

@@ -195,6 +195,17 @@ def test_policy_defaults() -> None:
         assert th.equal(p, q) and p is not q
 
 
+def test_adam_keyword_arguments_merge_over_the_paper_defaults() -> None:
+    """Passing one Adam option must not silently drop the paper's epsilon to torch's 1e-8."""
+    decayed = make_policy(optimizer_kwargs={"weight_decay": 1e-5})
+    assert decayed.optimizer.defaults["eps"] == pytest.approx(1.5e-4)
+    assert decayed.optimizer.defaults["weight_decay"] == pytest.approx(1e-5)
+    assert decayed.optimizer_kwargs == {"eps": 1.5e-4, "fused": True, "weight_decay": 1e-5}  # what save() records
+    assert make_policy(optimizer_kwargs={"eps": 1e-8}).optimizer.defaults["eps"] == pytest.approx(1e-8)
+    sgd = make_policy(optimizer_class=th.optim.SGD, optimizer_kwargs={"momentum": 0.9})
+    assert sgd.optimizer_kwargs == {"momentum": 0.9}  # Adam's defaults are not pushed onto other optimizers
+
+
 def test_policy_deterministic_predict_repeatable_and_stochastic_predict_noisy() -> None:
     th.manual_seed(0)
     policy = make_policy(noisy_std=10.0)
