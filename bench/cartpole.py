@@ -36,9 +36,9 @@ from stable_baselines3.common.callbacks import BaseCallback  # noqa: E402
 from stable_baselines3.common.env_util import make_vec_env  # noqa: E402
 from stable_baselines3.common.evaluation import evaluate_policy  # noqa: E402
 
-from rlgen_plugins.presets import load_preset, normalize_hyperparams  # noqa: E402
-from rlgen_plugins.rl_run import parse_overrides  # noqa: E402
-from rlgen_plugins.rainbow import Rainbow  # noqa: E402
+from rlgen_plugins.cli.presets import load_preset, normalize_hyperparams  # noqa: E402
+from rlgen_plugins.cli.runs import parse_overrides  # noqa: E402
+from rlgen_plugins.rainbow.algorithm import Rainbow  # noqa: E402
 
 ENV_ID = "CartPole-v1"
 SOLVED = 475.0

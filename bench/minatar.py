@@ -32,8 +32,8 @@ from stable_baselines3.common.callbacks import BaseCallback  # noqa: E402
 from stable_baselines3.common.env_util import make_vec_env  # noqa: E402
 from stable_baselines3.common.evaluation import evaluate_policy  # noqa: E402
 
-from rlgen_plugins.presets import load_preset  # noqa: E402
-from rlgen_plugins.rainbow import Rainbow  # noqa: E402
+from rlgen_plugins.cli.presets import load_preset  # noqa: E402
+from rlgen_plugins.rainbow.algorithm import Rainbow  # noqa: E402
 
 PUBLISHED_DQN = {"Breakout": 10, "SpaceInvaders": 43, "Asterix": 17, "Freeway": 50, "Seaquest": 20}
 

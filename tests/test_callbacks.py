@@ -1,4 +1,4 @@
-"""rlgen_plugins.callbacks.SaveBestModel under a real EvalCallback with scripted evaluation results."""
+"""rlgen_plugins.cli.callbacks.SaveBestModel under a real EvalCallback with scripted evaluation results."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from stable_baselines3.common import callbacks as sb3_callbacks
 from stable_baselines3.common.callbacks import EvalCallback
 from stable_baselines3.common.envs import IdentityEnv
 
-from rlgen_plugins.callbacks import SaveBestModel
-from rlgen_plugins.rainbow import Rainbow
+from rlgen_plugins.cli.callbacks import SaveBestModel
+from rlgen_plugins.rainbow.algorithm import Rainbow
 
 
 def _scripted_evaluations(monkeypatch: pytest.MonkeyPatch, means: list[float]) -> None:

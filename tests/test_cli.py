@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from rlgen_plugins import presets, rl_run
+from rlgen_plugins.cli import presets
+from rlgen_plugins.cli import runs as rl_run
 from rlgen_plugins.cli import main
 
 TINY = ["-p", "learning_starts=50", "-p", "buffer_size=1000", "-p", "batch_size=16",
@@ -129,7 +130,7 @@ def test_train_then_evaluate_end_to_end(capsys, tmp_path):
     best_step = int(rows[means.index(max(means))]["timesteps"])
     assert (out_dir / "best_model.zip").is_file() and str(out_dir / "best_model.zip") in out
     assert info["best_model_timesteps"] == best_step and info["best_mean_return"] == pytest.approx(max(means))
-    from rlgen_plugins.rainbow import Rainbow
+    from rlgen_plugins.rainbow.algorithm import Rainbow
 
     assert Rainbow.load(out_dir / "best_model.zip").num_timesteps == best_step
 

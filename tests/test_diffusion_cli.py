@@ -30,7 +30,7 @@ def trained(tmp_path_factory):
 
 
 def test_module_import_is_torch_free():
-    code = "import sys, rlgen_plugins.diffusion_cli; print(sorted(m for m in ('torch', 'diffusers', 'datasets') if m in sys.modules))"
+    code = "import sys, rlgen_plugins.ddpm.commands; print(sorted(m for m in ('torch', 'diffusers', 'datasets') if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             cwd=Path(__file__).resolve().parents[1],
                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
@@ -153,7 +153,7 @@ def test_lr_schedule_and_ema_options_are_saved_and_kept_on_resume(capsys, tmp_pa
     import math
 
     from rlgen_plugins.cli import build_parser
-    from rlgen_plugins.diffusion_cli import build_train_config
+    from rlgen_plugins.ddpm.commands import build_train_config
 
     out = tmp_path / "run"
     opts = ["--lr-schedule", "cosine", "--lr-end-ratio", "0.1", "--warmup-steps", "1", "--ema-decay", "0.99",

@@ -1,4 +1,4 @@
-"""rlgen_plugins.files: atomic replacement that loses nothing on error and gives ordinary permissions."""
+"""rlgen_plugins.cli.files: atomic replacement that loses nothing on error and gives ordinary permissions."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from rlgen_plugins.files import replace_atomically, write_text_atomically
+from rlgen_plugins.cli.files import replace_atomically, write_text_atomically
 
 
 def test_error_while_writing_keeps_the_old_file_and_leaves_no_temporary(tmp_path: Path) -> None:

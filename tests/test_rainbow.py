@@ -16,7 +16,7 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from policies import MinAtarCNN, RainbowPolicy
-from rlgen_plugins.rainbow import Rainbow
+from rlgen_plugins.rainbow.algorithm import Rainbow
 
 TINY_POLICY = dict(net_arch=[16], n_atoms=11, v_min=-10.0, v_max=10.0)
 TINY = dict(learning_starts=20, batch_size=16, buffer_size=1_000, train_freq=1, target_update_interval=50,
@@ -193,7 +193,7 @@ _SEEDED_RUN = """
 import hashlib, sys
 import torch as th
 th.set_num_threads(1)
-from rlgen_plugins.rainbow import Rainbow
+from rlgen_plugins.rainbow.algorithm import Rainbow
 model = Rainbow("MlpPolicy", "CartPole-v1", learning_starts=50, batch_size=32, buffer_size=1_000, train_freq=1,
                 target_update_interval=20, seed=5, policy_kwargs=dict(net_arch=[32], n_atoms=11, v_max=20.0),
                 torch_compile=sys.argv[2] == "compile")
@@ -375,7 +375,7 @@ def test_check_env_and_evaluate_policy() -> None:
 
 
 def test_presets_build_models() -> None:
-    from rlgen_plugins.presets import available_presets, load_preset
+    from rlgen_plugins.cli.presets import available_presets, load_preset
 
     ids = available_presets("rainbow")
     assert {"CartPole-v1", "Acrobot-v1", "MinAtar/Breakout-v1", "PongNoFrameskip-v4"} <= set(ids)

@@ -16,14 +16,14 @@ from stable_baselines3.common.envs import IdentityEnv, IdentityEnvBox
 
 from buffers import PrioritizedReplayBuffer
 from buffers.samples import PrioritizedReplayBufferSamples
-from rlgen_plugins.rainbow import (
+from rlgen_plugins.rainbow.algorithm import (
     Rainbow,
     UnknownNameError,
     UnsupportedSpaceError,
     _without_arrays,
     clip_grad_norm,
 )
-from rlgen_plugins.rainbow_targets import (
+from rlgen_plugins.rainbow.targets import (
     categorical_kl,
     categorical_projection,
     double_q_target,
@@ -124,7 +124,7 @@ def test_double_q_target_uses_online_argmax_and_target_values() -> None:
 @pytest.mark.parametrize("n_atoms", [1, 11])
 def test_train_selects_next_action_with_online_network(n_atoms: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Inside the update, the next action comes from the online network's Q(s') when double_q=True."""
-    import rlgen_plugins.rainbow as rainbow_module
+    import rlgen_plugins.rainbow.algorithm as rainbow_module
 
     model = tiny_model(policy_kwargs=dict(TINY, n_atoms=n_atoms, noisy=False))
     model.learn(20)

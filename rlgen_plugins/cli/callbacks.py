@@ -6,7 +6,7 @@ from pathlib import Path
 
 from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 
-from rlgen_plugins.rl_run import save_atomically
+from rlgen_plugins.cli.files import save_atomically
 
 
 class SaveBestModel(BaseCallback):

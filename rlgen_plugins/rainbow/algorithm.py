@@ -13,7 +13,7 @@ distributional C51   ``policy_kwargs={"n_atoms": 51, "v_min": ..., "v_max": ...}
 noisy nets           ``policy_kwargs={"noisy": ...}`` (epsilon-greedy is used when ``noisy=False``)
 ===================  ==========================================================
 
-The math lives in :mod:`rlgen_plugins.rainbow_targets`, the networks in :mod:`policies`.
+The math lives in :mod:`rlgen_plugins.rainbow.targets`, the networks in :mod:`policies`.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from torch.func import functional_call, grad_and_value
 
 from policies.heads import categorical_expectation
 from policies.rainbow_policy import CnnPolicy, MlpPolicy, MultiInputPolicy, RainbowPolicy, check_distribution_args
-from rlgen_plugins.rainbow_targets import (
+from rlgen_plugins.rainbow.targets import (
     categorical_kl,
     categorical_projection,
     double_q_target,
@@ -132,7 +132,7 @@ class Rainbow(OffPolicyAlgorithm):
     Defaults follow the paper's Atari settings converted from frames to agent steps (frame skip 4):
     Adam lr 6.25e-5, eps 1.5e-4; batch 32; PER alpha 0.5, beta 0.4 -> 1; n = 3; 51 atoms on [-10, 10];
     sigma0 0.5; learning starts after 20k steps (80k frames); target update every 8k steps (32k frames);
-    one gradient step every 4 steps. For small problems use a preset (``rlgen_plugins/hyperparams/rainbow.yml``).
+    one gradient step every 4 steps. For small problems use a preset (``rlgen_plugins/rainbow/hyperparams/rainbow.yml``).
 
     :param policy: ``"MlpPolicy"``, ``"CnnPolicy"``, ``"MultiInputPolicy"``, a registered policy name, or a class
     :param env: the environment (Discrete actions)

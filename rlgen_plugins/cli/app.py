@@ -10,8 +10,8 @@ import sys
 from typing import Sequence
 
 import registry
-from rlgen_plugins.diffusion_cli import add_diffusion_commands
-from rlgen_plugins.errors import UsageError
+from rlgen_plugins.ddpm.commands import add_diffusion_commands
+from rlgen_plugins.cli.errors import UsageError
 
 DESCRIPTION = """\
 rlgen: Rainbow DQN for Stable-Baselines3 and a hand-written DDPM for diffusers, extended by plugins.
@@ -42,7 +42,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Train an algorithm on an environment and report where the outputs went."""
     import gymnasium as gym
 
-    from rlgen_plugins import rl_run
+    from rlgen_plugins.cli import runs as rl_run
 
     target = args.target_reward
     if args.until_solved:
@@ -78,7 +78,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Print the mean and std of the return of a saved model."""
-    from rlgen_plugins import rl_run
+    from rlgen_plugins.cli import runs as rl_run
 
     mean, std = rl_run.evaluate(args.model, args.env, episodes=args.episodes, algo=args.algo, seed=args.seed,
                                 deterministic=not args.stochastic, device=args.device)
@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     plugins.set_defaults(func=cmd_plugins)
 
     train = sub.add_parser("train", help="train an RL algorithm on a gymnasium environment",
-                           description="Train ALGO on ENV with its shipped preset (rlgen_plugins/hyperparams), "
+                           description="Train ALGO on ENV with its shipped preset (rlgen_plugins/rainbow/hyperparams), "
                                        "evaluating deterministically every --eval-freq steps. Writes model.zip, "
                                        "best_model.zip, evaluations.csv, learning_curve.png and rlgen.json into "
                                        "--output.")
@@ -151,6 +151,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"rlgen: error: {exc}", file=sys.stderr)
         return 1
 
-
-if __name__ == "__main__":
-    sys.exit(main())

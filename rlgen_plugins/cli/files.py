@@ -43,3 +43,8 @@ def replace_atomically(path: str | os.PathLike, write: Callable[[str], Any], suf
 def write_text_atomically(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` to ``path`` through :func:`replace_atomically`."""
     return replace_atomically(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def save_atomically(model: Any, path: str | os.PathLike) -> Path:
+    """Write an SB3 model's zip atomically (the ``.zip`` suffix stops SB3 from appending one to the temporary name)."""
+    return replace_atomically(path, model.save, suffix=".tmp.zip")

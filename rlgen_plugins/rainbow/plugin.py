@@ -7,7 +7,7 @@ from registry import Register, hookimpl
 
 @hookimpl
 def register_algorithms(register: Register) -> None:
-    register("rainbow", "rlgen_plugins.rainbow:Rainbow")
+    register("rainbow", "rlgen_plugins.rainbow.algorithm:Rainbow")
 
 
 @hookimpl

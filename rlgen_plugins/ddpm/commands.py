@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rlgen_plugins.errors import UsageError
+from rlgen_plugins.cli.errors import UsageError
 
 SCHEDULER_HELP = "ddpm | ddim | dpm-solver++ (or a scheduler registered by a plugin)"
 DEFAULT_STEPS = {"ddim": 50, "dpm-solver++": 20}
@@ -238,7 +238,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     except DataError as exc:
         raise UsageError(str(exc)) from None
     out = _run_folder(args.model_dir) / f"evaluation-{args.scheduler}-{steps}.json"
-    from rlgen_plugins.files import write_text_atomically
+    from rlgen_plugins.cli.files import write_text_atomically
 
     write_text_atomically(out, json.dumps(report.to_json(), indent=2))
     print(json.dumps(report.to_json()) if args.json else format_report(report))

@@ -1,6 +1,6 @@
 """Hyperparameter presets in rl-zoo3's YAML layout: one file per algorithm, one mapping per environment id.
 
-``rlgen_plugins/hyperparams/<algo>.yml``::
+``rlgen_plugins/rainbow/hyperparams/<algo>.yml``::
 
     CartPole-v1:
       n_timesteps: 20000        # read by the command, not passed to the algorithm
@@ -25,7 +25,7 @@ from registry import import_path
 if TYPE_CHECKING:
     from stable_baselines3.common.utils import LinearSchedule
 
-PRESET_DIR = Path(__file__).resolve().parent / "hyperparams"
+PRESET_DIR = Path(__file__).resolve().parents[1] / "rainbow" / "hyperparams"
 
 #: Keys of a preset that configure the run rather than the algorithm.
 RUN_KEYS = ("n_timesteps", "policy", "n_envs", "frame_stack", "env_wrapper", "env_kwargs")

@@ -17,9 +17,9 @@ import numpy as np
 import yaml
 
 import registry
-from rlgen_plugins.errors import UsageError
-from rlgen_plugins.files import replace_atomically, write_text_atomically
-from rlgen_plugins.presets import RUN_KEYS, load_preset, normalize_hyperparams
+from rlgen_plugins.cli.errors import UsageError
+from rlgen_plugins.cli.files import save_atomically, write_text_atomically
+from rlgen_plugins.cli.presets import RUN_KEYS, load_preset, normalize_hyperparams
 
 RUN_INFO_FILE = "rlgen.json"
 
@@ -147,11 +147,6 @@ def default_policy(observation_space: gym.Space) -> str:
     return "CnnPolicy" if is_image_space(observation_space) else "MlpPolicy"
 
 
-def save_atomically(model: Any, path: Path) -> None:
-    """Write the SB3 zip atomically (the ``.zip`` suffix stops SB3 from appending one to the temporary name)."""
-    replace_atomically(path, model.save, suffix=".tmp.zip")
-
-
 def write_json_atomically(data: dict, path: Path) -> None:
     write_text_atomically(path, json.dumps(data, indent=2, default=str) + "\n")
 
@@ -194,7 +189,7 @@ def train(algo: str, env_id: str, *, timesteps: int | None = None, seed: int | N
     """
     from stable_baselines3.common.callbacks import EvalCallback
 
-    from rlgen_plugins.callbacks import SaveBestModel
+    from rlgen_plugins.cli.callbacks import SaveBestModel
 
     try:
         algo_cls = registry.get("algorithms", algo)
