@@ -108,16 +108,14 @@ class _PrioritizedMixin:
         self.max_priority = 1.0
 
     def _sample_indices(self, batch_size: int, beta: float | None) -> tuple[np.ndarray, np.ndarray]:
-        """Stratified proportional draw: flat indices, and a float32 ``(4, batch, 1)`` block whose last slot holds
+        """Stratified proportional draw, with replacement as SB3 samples (a batch larger than the buffer repeats
+        transitions): flat indices, and a float32 ``(4, batch, 1)`` block whose last slot holds
         the normalised importance weights (the first three receive n-step returns, dones and discounts)."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         total = self.tree.total()
         if total <= 0.0:
             raise ValueError("cannot sample from an empty PrioritizedReplayBuffer")
-        available = self.n_stored() - (self.n_envs if self.optimize_memory_usage and self.full else 0)
-        if batch_size > available:
-            raise ValueError(f"batch_size={batch_size} is more than the {available} transitions stored")
         beta = self._beta if beta is None else _check_beta(beta)
         # Stratified: one uniform draw in each of batch_size equal slices of [0, total) (global np.random, as SB3).
         values = (np.arange(batch_size) + np.random.random_sample(batch_size)) * (total / batch_size)

@@ -16,13 +16,8 @@ from stable_baselines3.common.envs import IdentityEnv, IdentityEnvBox
 
 from buffers import PrioritizedReplayBuffer
 from buffers.samples import PrioritizedReplayBufferSamples
-from rlgen_plugins.rainbow.algorithm import (
-    Rainbow,
-    UnknownNameError,
-    UnsupportedSpaceError,
-    _without_arrays,
-    clip_grad_norm,
-)
+from rlgen_plugins.rainbow.algorithm import Rainbow
+from rlgen_plugins.rainbow.support import UnknownNameError, UnsupportedSpaceError, clip_grad_norm, without_arrays
 from rlgen_plugins.rainbow.targets import (
     categorical_kl,
     categorical_projection,
@@ -143,7 +138,7 @@ def test_train_selects_next_action_with_online_network(n_atoms: int, monkeypatch
     monkeypatch.setattr(rainbow_module, name, spy)
     np.random.seed(3)
     data = model.replay_buffer.sample(8)
-    model._per_sample_loss(data)
+    model._loss(model._named_parameters, data)
     with th.no_grad():
         expected_online = model.q_net(data.next_observations)
         expected_target = model.q_net_target(data.next_observations)
@@ -252,14 +247,14 @@ def test_v_min_is_kept_as_given() -> None:
 def _eager_loss_and_gradients(model: Rainbow, data) -> tuple[th.Tensor, th.Tensor, list[th.Tensor]]:
     for param in model._trained_parameters:
         param.grad = None
-    loss, priorities = model._loss_and_priorities(data)
+    loss, priorities = model._loss(model._named_parameters, data)
     loss.backward()
     return loss.detach(), priorities, [param.grad.clone() for param in model._trained_parameters]
 
 
 def _compiled_loss_and_gradients(model: Rainbow, data) -> tuple[th.Tensor, th.Tensor, list[th.Tensor]]:
     with th.no_grad():
-        grads, (loss, priorities) = model._compiled_gradients(model._named_parameters, _without_arrays(data))
+        grads, (loss, priorities) = model._compiled_gradients(model._named_parameters, without_arrays(data))
     return loss, priorities, list(grads.values())
 
 
@@ -286,7 +281,8 @@ def test_compiled_loss_matches_eager_for_each_model_and_after_load(n_atoms: int,
         th.testing.assert_close(priorities, eager_priorities, rtol=1e-5, atol=1e-6)
         for grad, eager_grad in zip(grads, eager_grads):
             th.testing.assert_close(grad, eager_grad, rtol=1e-4, atol=1e-6)
-    assert not th.allclose(models[0]._loss_and_priorities(data)[0], models[1]._loss_and_priorities(data)[0])
+    losses = [model._loss(model._named_parameters, data)[0] for model in models]
+    assert not th.allclose(losses[0], losses[1])
 
 
 def test_compiled_noisy_acting_takes_eager_actions_on_the_same_noise() -> None:
@@ -339,7 +335,7 @@ def test_compiled_update_takes_a_plugin_buffer_whose_samples_carry_extra_arrays(
     for sampled, updated in zip(buffer.sampled, buffer.updated):
         np.testing.assert_array_equal(updated, sampled)
     data = buffer.sample(8)
-    stripped = _without_arrays(data)
+    stripped = without_arrays(data)
     assert type(stripped) is _TaggedSamples and stripped.indices is None and stripped.ages is None
     assert stripped.observations is data.observations and stripped.weights is data.weights
 
@@ -370,7 +366,8 @@ def test_torch_compile_without_a_cpp_compiler_fails_at_construction(tmp_path) ->
         (dict(n_steps=0), "n_steps"),
         (dict(gamma=1.5), "gamma"),
         (dict(gamma=-0.1), "gamma"),
-        (dict(tau=0.0), "tau"),
+        (dict(tau=-0.1), "tau"),
+        (dict(tau=1.5), "tau"),
         (dict(policy_kwargs=dict(noisy_std=0.0)), "noisy_std"),
         (dict(torch_compile="yes"), "torch_compile"),
     ],
