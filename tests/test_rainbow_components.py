@@ -119,7 +119,7 @@ def test_double_q_target_uses_online_argmax_and_target_values() -> None:
 @pytest.mark.parametrize("n_atoms", [1, 11])
 def test_train_selects_next_action_with_online_network(n_atoms: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Inside the update, the next action comes from the online network's Q(s') when double_q=True."""
-    import rlgen_plugins.rainbow.algorithm as rainbow_module
+    import rlgen_plugins.rainbow.targets as rainbow_module
 
     model = tiny_model(policy_kwargs=dict(TINY, n_atoms=n_atoms, noisy=False))
     model.learn(20)

@@ -33,7 +33,6 @@ from stable_baselines3.common.utils import ConstantSchedule, LinearSchedule
 from stable_baselines3.dqn import DQN
 from torch.func import functional_call, grad_and_value
 
-from policies.heads import categorical_expectation
 from policies.rainbow_policy import CnnPolicy, MlpPolicy, MultiInputPolicy, RainbowPolicy
 from rlgen_plugins.rainbow.support import (
     OnlineLogits,
@@ -46,13 +45,7 @@ from rlgen_plugins.rainbow.support import (
     registry_names,
     without_arrays,
 )
-from rlgen_plugins.rainbow.targets import (
-    categorical_kl,
-    categorical_projection,
-    double_q_target,
-    greedy_next_actions,
-    huber_td,
-)
+from rlgen_plugins.rainbow.targets import rainbow_loss
 
 SelfRainbow = TypeVar("SelfRainbow", bound="Rainbow")
 
@@ -275,56 +268,21 @@ class Rainbow(DQN):
         return bool(getattr(self.policy, "noisy", False))
 
     def _loss(self, parameters: dict[str, th.Tensor], data: Any) -> tuple[th.Tensor, th.Tensor]:
-        """Rainbow's loss as a function of the online parameters theta, and each sampled transition's new priority.
+        """:func:`~rlgen_plugins.rainbow.targets.rainbow_loss` as a function of the online parameters theta.
 
-        The buffer gives the n-step return R = sum_{k<n} gamma^k r_{t+k}, the bootstrap factor gamma^n (gamma^k
-        when the episode ended after k < n steps), the done flag and, with PER, the importance weights w_i.
-
-            a*  = argmax_a Q_theta(s', a)      (Double DQN, van Hasselt et al. 2016, eq. 4; Q_target without it)
-            C51 (n_atoms > 1): m = Phi(R + gamma^n (1 - done) z) with p_target(s', a*)   (Bellemare et al. 2017, Alg. 1)
-                               l_i = KL(m || p_theta(s, a)),  priority_i = l_i           (Rainbow, eq. 3)
-            scalar (n_atoms = 1): y = R + gamma^n (1 - done) Q_target(s', a*)
-                               l_i = Huber(y - Q_theta(s, a)),  priority_i = |y - Q_theta(s, a)|
-            L(theta) = mean_i w_i l_i                                                     (PER, section 3.4)
-
-        The online network scores s' with the same noise sample as s (the paper's online network) and without
-        autograd: a* only selects. Eager runs call this with the live parameters and ``backward()``; compiled runs
-        differentiate it with ``torch.func.grad_and_value``.
+        Returns the loss and each sampled transition's new priority. Eager runs call it with the live parameters and
+        ``backward()``; compiled runs differentiate it with ``torch.func.grad_and_value``. The target network and
+        the online network share the current noise sample (the paper's online network scores s' with it too).
         """
         noise = self.noisy
 
         def online(obs: Any) -> th.Tensor:
             return functional_call(self._online_logits, parameters, (obs, noise))
 
-        actions = data.actions.long().view(-1, 1)
-        logits = online(data.observations)  # (batch, n_actions, n_atoms)
-        n_atoms = logits.shape[-1]
-        chosen = logits.gather(1, actions.unsqueeze(-1).expand(-1, 1, n_atoms)).squeeze(1)  # theta's (s, a) row
-        with th.no_grad():
-            next_target = self.q_net_target.logits(data.next_observations, noise)
-            next_online = online(data.next_observations) if self.double_q else next_target
-            if n_atoms == 1:
-                target_q = double_q_target(data.rewards, data.discounts, data.dones, next_online.squeeze(-1),
-                                           next_target.squeeze(-1), self.double_q)
-            else:
-                support = self.q_net.support
-                next_probs_target = next_target.softmax(dim=-1)  # one softmax serves Q-values and the target
-                next_q_target = categorical_expectation(next_probs_target, support)
-                next_q_online = self.q_net.q_values_from_logits(next_online) if self.double_q else next_q_target
-                next_actions = greedy_next_actions(next_q_online, next_q_target, self.double_q)
-                next_probs = next_probs_target.gather(1, next_actions.unsqueeze(-1).expand(-1, 1, n_atoms)).squeeze(1)
-                target_probs = categorical_projection(next_probs, data.rewards, data.discounts, data.dones, support)
-        if n_atoms == 1:
-            per_sample = huber_td(chosen, target_q)
-            priorities = (target_q - chosen).detach().abs().view(-1)
-        else:
-            per_sample = categorical_kl(target_probs, chosen)
-            # KL >= 0, but in float32 it can round to slightly below 0 where the prediction has converged onto the
-            # target (e.g. terminal transitions); the buffer rejects negative priorities.
-            priorities = per_sample.detach().clamp_min(0.0)
-        if self._prioritized:
-            per_sample = data.weights.view(-1) * per_sample  # importance-sampling correction w_i
-        return per_sample.mean(), priorities
+        def target(obs: Any) -> th.Tensor:
+            return self.q_net_target.logits(obs, noise)
+
+        return rainbow_loss(online, target, data, self.q_net.support, self.double_q, self._prioritized)
 
     def _gradients(self, data: Any) -> tuple[th.Tensor, th.Tensor]:
         """Set each online parameter's ``.grad`` to dL/dtheta of :meth:`_loss`; return the loss and the priorities."""

@@ -1,4 +1,5 @@
-"""The math of Rainbow's update, one short function per component (CleanRL-style, no state).
+"""The math of Rainbow's update: :func:`rainbow_loss`, read top to bottom, and one short function per component
+(CleanRL-style, no state).
 
 Multi-step returns come from the replay buffer: ``rewards`` is already the n-step sum
 ``R = sum_{k<n} gamma^k r_{t+k}`` and ``discounts`` is ``gamma^n`` (or ``gamma^k`` when the window was cut
@@ -7,8 +8,61 @@ short by the episode's end), so every target below is ``R + discounts * (1 - don
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import torch as th
 from torch.nn import functional as F
+
+from policies.heads import categorical_expectation, categorical_q_values
+
+Logits = Callable[[Any], th.Tensor]  # observations -> (batch, n_actions, n_atoms) logits (Q-values if n_atoms == 1)
+
+
+def rainbow_loss(online: Logits, target: Logits, data: Any, support: th.Tensor, double_q: bool = True,
+                 weighted: bool = True) -> tuple[th.Tensor, th.Tensor]:
+    """Rainbow's loss for a sampled batch, and each transition's new priority.
+
+    ``data`` is the buffer's sample: observations, actions, next_observations, the n-step return
+    R = sum_{k<n} gamma^k r_{t+k} as ``rewards``, the bootstrap factor gamma^n (gamma^k when the episode ended after
+    k < n steps) as ``discounts``, ``dones`` and, with PER (``weighted``), the importance ``weights``.
+
+        a*  = argmax_a Q_online(s', a)      (Double DQN, van Hasselt et al. 2016, eq. 4; Q_target without it)
+        C51 (n_atoms > 1): m = Phi(R + gamma^n (1 - done) z) under p_target(s', a*)  (Bellemare et al. 2017, Alg. 1)
+                           l_i = KL(m || p_online(s, a)),  priority_i = l_i          (Rainbow, eq. 3)
+        scalar (n_atoms = 1): y = R + gamma^n (1 - done) Q_target(s', a*)
+                           l_i = Huber(y - Q_online(s, a)),  priority_i = |y - Q_online(s, a)|
+        L = mean_i w_i l_i                                                          (PER, section 3.4)
+
+    Only the online network's scores of s receive gradients: its scores of s' only select a*.
+    """
+    actions = data.actions.long().view(-1, 1)
+    logits = online(data.observations)  # (batch, n_actions, n_atoms)
+    n_atoms = logits.shape[-1]
+    chosen = logits.gather(1, actions.unsqueeze(-1).expand(-1, 1, n_atoms)).squeeze(1)  # the row of (s, a)
+    with th.no_grad():
+        next_target = target(data.next_observations)
+        next_online = online(data.next_observations) if double_q else next_target
+        if n_atoms == 1:
+            target_q = double_q_target(data.rewards, data.discounts, data.dones, next_online.squeeze(-1),
+                                       next_target.squeeze(-1), double_q)
+        else:
+            next_probs_target = next_target.softmax(dim=-1)  # one softmax serves Q-values and the target
+            next_q_target = categorical_expectation(next_probs_target, support)
+            next_q_online = categorical_q_values(next_online, support) if double_q else next_q_target
+            next_actions = greedy_next_actions(next_q_online, next_q_target, double_q)
+            next_probs = next_probs_target.gather(1, next_actions.unsqueeze(-1).expand(-1, 1, n_atoms)).squeeze(1)
+            target_probs = categorical_projection(next_probs, data.rewards, data.discounts, data.dones, support)
+    if n_atoms == 1:
+        per_sample = huber_td(chosen, target_q)
+        priorities = (target_q - chosen).detach().abs().view(-1)
+    else:
+        per_sample = categorical_kl(target_probs, chosen)
+        # KL >= 0, but in float32 it can round to slightly below 0 where the prediction has converged onto the
+        # target (e.g. terminal transitions); the buffer rejects negative priorities.
+        priorities = per_sample.detach().clamp_min(0.0)
+    if weighted:
+        per_sample = data.weights.view(-1) * per_sample  # importance-sampling correction w_i
+    return per_sample.mean(), priorities
 
 
 def greedy_next_actions(next_q_online: th.Tensor, next_q_target: th.Tensor, double_q: bool) -> th.Tensor:
