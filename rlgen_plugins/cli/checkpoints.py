@@ -1,11 +1,9 @@
 """Resumable RL runs: periodic checkpoints of an SB3 off-policy run, and resuming one to its planned length.
 
-A checkpoint is a folder ``step_<N>`` holding ``model.zip`` (weights, target network, optimizer, counters),
-``replay_buffer.pkl`` (transitions and, for prioritised replay, the priorities and beta), ``state.json`` (the run's
-configuration, the counters and schedule values, the random number generators' states) and ``manifest.json``
-(each file's size and sha256). The files are written into a hidden temporary folder that is renamed into place only
-once all of them, the manifest last, are on disk, so a ``step_<N>`` folder is complete unless something damaged it
-afterwards; loading checks every file against the manifest. See docs/checkpoints.md.
+A checkpoint is a folder ``step_<N>``: ``model.zip`` (networks, optimizer, counters), ``replay_buffer.pkl``
+(transitions, priorities, PER beta), ``state.json`` (run configuration, counters, schedule values, random states)
+and ``manifest.json`` (sizes and sha256s), filled in a hidden folder renamed into place once complete.
+See docs/checkpoints.md.
 """
 from __future__ import annotations
 
@@ -19,9 +17,10 @@ import re
 import shutil
 import signal
 import tempfile
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch as th
@@ -33,10 +32,7 @@ from rlgen_plugins.cli.errors import UsageError
 from rlgen_plugins.cli.files import replace_atomically
 
 CHECKPOINTS_DIR = "checkpoints"
-MODEL_FILE = "model.zip"
-BUFFER_FILE = "replay_buffer.pkl"
-STATE_FILE = "state.json"
-MANIFEST_FILE = "manifest.json"
+MODEL_FILE, BUFFER_FILE, STATE_FILE, MANIFEST_FILE = "model.zip", "replay_buffer.pkl", "state.json", "manifest.json"
 FORMAT = 1
 _STEP_DIR = re.compile(r"step_(\d+)")
 
@@ -72,6 +68,10 @@ def _algo_name(algo_cls: type) -> str:
     return f"{algo_cls.__module__}.{algo_cls.__qualname__}"
 
 
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    replace_atomically(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=1) + "\n"), fsync=True)
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -88,6 +88,14 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _encode(state: th.Tensor) -> str:
+    return base64.b64encode(state.numpy().tobytes()).decode()
+
+
+def _decode(text: str) -> th.Tensor:
+    return th.frombuffer(bytearray(base64.b64decode(text)), dtype=th.uint8)
+
+
 def _random_states(model: BaseAlgorithm) -> dict[str, Any]:
     """Python's, numpy's and torch's global generators and the action space's (warm-up and epsilon draws)."""
     version, internal, gauss = random.getstate()
@@ -95,11 +103,11 @@ def _random_states(model: BaseAlgorithm) -> dict[str, Any]:
     states: dict[str, Any] = {
         "python": [version, list(internal), gauss],
         "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
-        "torch": base64.b64encode(th.get_rng_state().numpy().tobytes()).decode(),
+        "torch": _encode(th.get_rng_state()),
         "action_space": model.action_space.np_random.bit_generator.state,
     }
     if th.cuda.is_available() and th.cuda.is_initialized():
-        states["cuda"] = [base64.b64encode(s.numpy().tobytes()).decode() for s in th.cuda.get_rng_state_all()]
+        states["cuda"] = [_encode(state) for state in th.cuda.get_rng_state_all()]
     return states
 
 
@@ -108,27 +116,20 @@ def _restore_random_states(model: BaseAlgorithm, states: dict[str, Any]) -> None
     random.setstate((version, tuple(internal), gauss))
     kind, keys, pos, has_gauss, cached = states["numpy"]
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    th.set_rng_state(th.frombuffer(bytearray(base64.b64decode(states["torch"])), dtype=th.uint8))
+    th.set_rng_state(_decode(states["torch"]))
     model.action_space.np_random.bit_generator.state = states["action_space"]
     if "cuda" in states and th.cuda.is_available() and len(states["cuda"]) == th.cuda.device_count():
-        th.cuda.set_rng_state_all([th.frombuffer(bytearray(base64.b64decode(s)), dtype=th.uint8)
-                                   for s in states["cuda"]])
+        th.cuda.set_rng_state_all([_decode(state) for state in states["cuda"]])
 
 
 def training_state(model: BaseAlgorithm) -> dict[str, Any]:
     """Counters and schedule values a resumed run must reproduce (``None`` where the algorithm has none)."""
     buffer = getattr(model, "replay_buffer", None)
-    return {
-        "num_timesteps": int(model.num_timesteps),
-        "total_timesteps": int(model._total_timesteps),
-        "n_calls": getattr(model, "_n_calls", None),
-        "n_updates": getattr(model, "_n_updates", None),
-        "episode_num": int(model._episode_num),
-        "progress_remaining": float(model._current_progress_remaining),
-        "learning_rate": float(model.policy.optimizer.param_groups[0]["lr"]),
-        "exploration_rate": getattr(model, "exploration_rate", None),
-        "per_beta": getattr(buffer, "beta", None),
-    }
+    return {"num_timesteps": int(model.num_timesteps), "total_timesteps": int(model._total_timesteps),
+            "n_calls": getattr(model, "_n_calls", None), "n_updates": getattr(model, "_n_updates", None),
+            "episode_num": int(model._episode_num), "progress_remaining": float(model._current_progress_remaining),
+            "learning_rate": float(model.policy.optimizer.param_groups[0]["lr"]),
+            "exploration_rate": getattr(model, "exploration_rate", None), "per_beta": getattr(buffer, "beta", None)}
 
 
 def write_checkpoint(model: BaseAlgorithm, directory: str | Path, run_config: dict[str, Any] | None = None,
@@ -172,11 +173,6 @@ def write_checkpoint(model: BaseAlgorithm, directory: str | Path, run_config: di
     return final
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    text = json.dumps(data, indent=1) + "\n"
-    replace_atomically(path, lambda tmp: Path(tmp).write_text(text), fsync=True)
-
-
 def _move_into_place(tmp: Path, final: Path) -> None:
     """Rename ``tmp`` to ``final``; an existing ``final`` (the same step written again) is set aside first and
     removed only once the new one is in place."""
@@ -189,13 +185,11 @@ def _move_into_place(tmp: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def list_checkpoints(directory: str | Path) -> list[Path]:
-    """The ``step_<N>`` folders in ``directory`` that have a manifest, oldest first (unverified)."""
+def list_checkpoints(directory: str | Path, complete: bool = True) -> list[Path]:
+    """The ``step_<N>`` folders in ``directory``, oldest first; ``complete``: only those with a manifest."""
     directory = Path(directory)
-    if not directory.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in directory.iterdir()
-             if (m := _STEP_DIR.fullmatch(p.name)) and p.is_dir() and (p / MANIFEST_FILE).is_file()]
+    found = [(int(m.group(1)), p) for p in (directory.iterdir() if directory.is_dir() else [])
+             if (m := _STEP_DIR.fullmatch(p.name)) and p.is_dir() and (not complete or (p / MANIFEST_FILE).is_file())]
     return [p for _, p in sorted(found)]
 
 
@@ -214,11 +208,10 @@ def find_checkpoint(directory: str | Path, which: str | Path = "latest") -> Path
     (or a file in one). ``CheckpointError`` when there is none; nothing is verified yet (``read_checkpoint`` does)."""
     directory = Path(directory)
     if str(which) == "latest":
-        steps = sorted((int(m.group(1)), p) for p in (directory.iterdir() if directory.is_dir() else [])
-                       if (m := _STEP_DIR.fullmatch(p.name)) and p.is_dir())
+        steps = list_checkpoints(directory, complete=False)  # a damaged newest one is an error, not skipped
         if not steps:
             raise CheckpointError(f"--resume latest: no checkpoint in {directory} (--save-freq N writes them)")
-        return steps[-1][1]
+        return steps[-1]
     path = Path(which)
     if path.is_file() and path.name in (MODEL_FILE, BUFFER_FILE, STATE_FILE, MANIFEST_FILE):
         path = path.parent
@@ -238,20 +231,17 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
     try:
         manifest = json.loads((path / MANIFEST_FILE).read_text())
-        entries = manifest["files"]
+        entries = dict(manifest["files"])
     except FileNotFoundError:
-        return _raise(corrupt(f"incomplete (no {MANIFEST_FILE}: it was not fully written)"))
+        raise corrupt(f"incomplete (no {MANIFEST_FILE}: it was not fully written)") from None
     except (OSError, ValueError, KeyError, TypeError):
-        return _raise(corrupt(f"corrupt ({MANIFEST_FILE} is unreadable)"))
+        raise corrupt(f"corrupt ({MANIFEST_FILE} is unreadable)") from None
     if manifest.get("format", 0) > FORMAT:
         raise CheckpointError(f"checkpoint {path} has format {manifest['format']}; this rlgen reads up to {FORMAT}")
-    for name in (MODEL_FILE, STATE_FILE):
-        if name not in entries:
-            raise corrupt(f"corrupt ({MANIFEST_FILE} lists no {name})")
-    for name, entry in entries.items():
-        file = path / name
-        if not file.is_file():
-            raise corrupt(f"corrupt ({name} is missing)")
+    for name in sorted({MODEL_FILE, STATE_FILE} | set(entries)):
+        file, entry = path / name, entries.get(name)
+        if entry is None or not file.is_file():
+            raise corrupt(f"corrupt ({name} is missing or not in {MANIFEST_FILE})")
         if file.stat().st_size != entry["size"]:
             raise corrupt(f"corrupt ({name} has {file.stat().st_size} bytes, {MANIFEST_FILE} says {entry['size']})")
         if _sha256(file) != entry["sha256"]:
@@ -259,19 +249,16 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         return json.loads((path / STATE_FILE).read_text())
     except ValueError:
-        return _raise(corrupt(f"corrupt ({STATE_FILE} is not valid JSON)"))
-
-
-def _raise(error: Exception) -> Any:
-    raise error
+        raise corrupt(f"corrupt ({STATE_FILE} is not valid JSON)") from None
 
 
 def config_differences(saved: dict[str, Any], expected: dict[str, Any]) -> list[str]:
     """``"key: A in the checkpoint, B here"`` for every top-level key whose value differs."""
     saved, expected = _jsonable(saved), _jsonable(expected)
-    missing = "(not set)"
-    return [f"{key}: {json.dumps(saved.get(key, missing))} in the checkpoint, {json.dumps(expected.get(key, missing))} here"
-            for key in sorted(set(saved) | set(expected)) if saved.get(key, missing) != expected.get(key, missing)]
+    there, here = ({key: json.dumps(config.get(key, "(not set)")) for key in {*saved, *expected}}
+                   for config in (saved, expected))
+    return [f"{key}: {there[key]} in the checkpoint, {here[key]} here"
+            for key in sorted(there) if there[key] != here[key]]
 
 
 def load_checkpoint(path: str | Path, algo_cls: type[BaseAlgorithm], env: Any,
@@ -311,27 +298,18 @@ def resume_learn(model: BaseAlgorithm, callback: MaybeCallback = None, total_tim
     ``learn(total - num_timesteps, reset_num_timesteps=False)``: SB3 then plans ``total`` steps again, so the
     schedules' progress (learning rate, epsilon, PER beta) is the uninterrupted run's. The environment is reset.
     """
-    total = int(total_timesteps if total_timesteps is not None else model._total_timesteps)
-    remaining = total - int(model.num_timesteps)
+    remaining = int(total_timesteps if total_timesteps is not None else model._total_timesteps) - model.num_timesteps
     if remaining <= 0:
         return model
     return model.learn(remaining, callback=callback, reset_num_timesteps=False, **learn_kwargs)
 
 
-def describe(path: str | Path, state: dict[str, Any]) -> str:
-    """One line for the user: which checkpoint, which step of how many, when it was written."""
-    return (f"resuming from {path} (step {state['num_timesteps']} of {state['total_timesteps']}, "
-            f"written {state.get('saved_at', '?')}); episodes in progress restart")
-
-
 class RunCheckpoint(BaseCallback):
-    """Write a checkpoint (``write_checkpoint``) every ``save_freq`` environment steps, keeping the newest ``keep``.
+    """Write a checkpoint every ``save_freq`` env steps (``num_timesteps``: all envs count), keep the newest ``keep``.
 
-    Checkpoints are written at rollout boundaries, after the training phase that follows a rollout (where the
-    buffer, networks, counters and random states agree): at the first one at or after each multiple of
-    ``save_freq`` (``num_timesteps``, which counts every env of a VecEnv), and at the end of training when one is
-    due. After :meth:`request_stop` (what ``checkpoint_on_signals`` calls) it writes one at the next boundary
-    and stops training; ``exit_code`` is then 128 + the signal.
+    Written at rollout boundaries, after the training phase (there buffer, networks, counters and random states
+    agree): the first at or after each multiple of ``save_freq``, and at the end of training when one is due.
+    After :meth:`request_stop` it writes one at the next boundary and stops; ``exit_code`` is then 128 + signal.
     """
 
     def __init__(self, directory: str | Path, save_freq: int, keep: int | None = 2,
@@ -341,15 +319,12 @@ class RunCheckpoint(BaseCallback):
             raise CheckpointError(f"--save-freq must be a positive number of env steps, got {save_freq!r}")
         if keep is not None and (isinstance(keep, bool) or not isinstance(keep, (int, np.integer)) or keep < 1):
             raise CheckpointError(f"--keep-checkpoints must be a positive integer, got {keep!r}")
-        self.directory = Path(directory)
-        self.save_freq = int(save_freq)
-        self.keep = keep
+        self.directory, self.save_freq, self.keep = Path(directory), int(save_freq), keep
         self.run_config = dict(run_config or {})
         self.signal_received: int | None = None
         self.last_checkpoint: Path | None = None
         self._next_due = self.save_freq
-        self._in_rollout = False  # between a rollout's first step and its end: the state is mid-update
-        self._stop = False
+        self._in_rollout = self._stop = False  # _in_rollout: after a rollout's first step, before its end
 
     @property
     def exit_code(self) -> int | None:
@@ -377,11 +352,9 @@ class RunCheckpoint(BaseCallback):
         return self.last_checkpoint
 
     def _on_rollout_start(self) -> None:
-        if self._stop:
-            return
-        if self.signal_received is not None or self.num_timesteps >= self._next_due:
+        if not self._stop and (self.signal_received is not None or self.num_timesteps >= self._next_due):
             self.save()
-        self._stop = self.signal_received is not None
+            self._stop = self.signal_received is not None
 
     def _on_step(self) -> bool:
         self._in_rollout = True
@@ -392,9 +365,8 @@ class RunCheckpoint(BaseCallback):
 
     def _on_training_end(self) -> None:
         # After a normal end the last training phase is done; after a stop mid-rollout the state is not consistent.
-        done_here = self.last_checkpoint is not None and self.last_checkpoint.name == f"step_{self.num_timesteps}"
-        if not self._in_rollout and not self._stop and not done_here and (
-                self.signal_received is not None or self.num_timesteps >= self._next_due):
+        due = self.signal_received is not None or self.num_timesteps >= self._next_due
+        if due and not self._in_rollout and not self._stop:
             self.save()
 
 
