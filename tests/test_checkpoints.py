@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch as th
 from stable_baselines3 import DQN
-from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 from stable_baselines3.common.env_util import make_vec_env
 
 from rlgen_plugins.cli.checkpoints import (
@@ -24,6 +24,7 @@ from rlgen_plugins.cli.checkpoints import (
     RunCheckpoint,
     StoppedBySignal,
     checkpoint_on_signals,
+    continue_evaluations,
     find_checkpoint,
     load_checkpoint,
     read_checkpoint,
@@ -307,3 +308,20 @@ def test_sigterm_in_a_subprocess_exits_143_with_a_resumable_checkpoint(tmp_path)
 def test_resume_of_a_finished_run_does_nothing(saved):
     model = load_checkpoint(saved / "step_200", DQN, make_env(), CONFIG)
     assert resume_learn(model).num_timesteps == 200
+
+
+def test_resumed_evaluations_continue_the_history(tmp_path):
+    """The evaluations of the interrupted run up to the checkpoint are kept, and later ones fall on its steps."""
+    def evaluator() -> EvalCallback:
+        return EvalCallback(make_env(), eval_freq=100, n_eval_episodes=1, log_path=str(tmp_path), verbose=0)
+
+    first = evaluator()
+    make_model(DQN).learn(300, callback=[first, RunCheckpoint(tmp_path / "checkpoints", save_freq=150, keep=None)])
+    assert first.evaluations_timesteps == [100, 200, 300]
+    second = evaluator()
+    model = load_checkpoint(tmp_path / "checkpoints" / "step_152", DQN, make_env())  # 152: the rollout boundary
+    continue_evaluations(second, model.num_timesteps)
+    assert second.evaluations_timesteps == [100]
+    assert second.best_mean_reward == second.last_mean_reward == float(np.mean(first.evaluations_results[0]))
+    resume_learn(model, second, total_timesteps=400)
+    assert np.load(tmp_path / "evaluations.npz")["timesteps"].tolist() == [100, 200, 300, 400]

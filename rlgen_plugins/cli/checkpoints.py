@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch as th
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 from stable_baselines3.common.type_aliases import MaybeCallback
 
 from rlgen_plugins.cli.errors import UsageError
@@ -51,8 +51,7 @@ class StoppedBySignal(Exception):
 
 
 def _jsonable(value: Any) -> Any:
-    """``value`` as JSON would give it back (tuples become lists); classes and functions by their dotted name,
-    other objects by their repr without memory addresses, so equal settings compare equal across processes."""
+    """``value`` as JSON gives it back; classes and functions by dotted name, other objects by address-free repr."""
 
     def name(obj: Any) -> Any:
         if isinstance(obj, np.generic):
@@ -134,11 +133,8 @@ def training_state(model: BaseAlgorithm) -> dict[str, Any]:
 
 def write_checkpoint(model: BaseAlgorithm, directory: str | Path, run_config: dict[str, Any] | None = None,
                      keep: int | None = None) -> Path:
-    """Write ``directory/step_<num_timesteps>`` and return it; then keep only the newest ``keep`` checkpoints.
-
-    Call it between rollouts (``RunCheckpoint`` does): there the buffer, networks and counters agree. A failed
-    write raises ``CheckpointError`` and leaves every checkpoint already written as it was.
-    """
+    """Write ``directory/step_<num_timesteps>`` (between rollouts, as ``RunCheckpoint`` does), keep the newest
+    ``keep``. A failed write raises ``CheckpointError`` and leaves the checkpoints already written as they were."""
     directory = Path(directory)
     final = directory / f"step_{int(model.num_timesteps)}"
     try:
@@ -174,8 +170,7 @@ def write_checkpoint(model: BaseAlgorithm, directory: str | Path, run_config: di
 
 
 def _move_into_place(tmp: Path, final: Path) -> None:
-    """Rename ``tmp`` to ``final``; an existing ``final`` (the same step written again) is set aside first and
-    removed only once the new one is in place."""
+    """Rename ``tmp`` to ``final``; an existing ``final`` (the step written again) is removed once it is replaced."""
     if not final.exists():
         os.rename(tmp, final)
         return
@@ -264,11 +259,8 @@ def config_differences(saved: dict[str, Any], expected: dict[str, Any]) -> list[
 def load_checkpoint(path: str | Path, algo_cls: type[BaseAlgorithm], env: Any,
                     expected_config: dict[str, Any] | None = None, device: th.device | str = "auto",
                     **load_kwargs: Any) -> BaseAlgorithm:
-    """The model of checkpoint ``path`` on ``env``, with its replay buffer, optimizer and random states restored.
-
-    Verifies the files against the manifest, that ``algo_cls`` wrote it and, when ``expected_config`` is given,
-    that the run's configuration is the same; each failure is a ``CheckpointError`` naming the difference.
-    """
+    """The model of checkpoint ``path`` on ``env`` with its replay buffer, optimizer and random states; a
+    ``CheckpointError`` names a damaged file, another algorithm or a difference from ``expected_config``."""
     path = Path(path)
     state = read_checkpoint(path)
     if state.get("algo") != _algo_name(algo_cls):
@@ -293,15 +285,27 @@ def load_checkpoint(path: str | Path, algo_cls: type[BaseAlgorithm], env: Any,
 
 def resume_learn(model: BaseAlgorithm, callback: MaybeCallback = None, total_timesteps: int | None = None,
                  **learn_kwargs: Any) -> BaseAlgorithm:
-    """Continue a loaded model's run to ``total_timesteps`` (default: the length it was planned for).
-
-    ``learn(total - num_timesteps, reset_num_timesteps=False)``: SB3 then plans ``total`` steps again, so the
-    schedules' progress (learning rate, epsilon, PER beta) is the uninterrupted run's. The environment is reset.
-    """
+    """Continue a loaded run to ``total_timesteps`` (default: its planned length) with ``reset_num_timesteps=False``,
+    so SB3 plans that total again and the schedules' progress is the uninterrupted run's; the env is reset."""
     remaining = int(total_timesteps if total_timesteps is not None else model._total_timesteps) - model.num_timesteps
-    if remaining <= 0:
-        return model
-    return model.learn(remaining, callback=callback, reset_num_timesteps=False, **learn_kwargs)
+    return model if remaining <= 0 else model.learn(remaining, callback=callback, reset_num_timesteps=False,
+                                                    **learn_kwargs)
+
+
+def continue_evaluations(evaluator: EvalCallback, num_timesteps: int, n_envs: int = 1) -> None:
+    """Have a resumed run's fresh ``EvalCallback`` go on from the interrupted one: its results up to
+    ``num_timesteps`` (read back from its ``evaluations.npz``), best and last mean return, and its step count."""
+    path = f"{evaluator.log_path}.npz"  # np.savez appends the suffix
+    if evaluator.log_path is not None and os.path.isfile(path):
+        with np.load(path) as old:
+            kept = old["timesteps"] <= num_timesteps
+            evaluator.evaluations_timesteps = old["timesteps"][kept].tolist()
+            evaluator.evaluations_results = old["results"][kept].tolist()
+            evaluator.evaluations_length = old["ep_lengths"][kept].tolist()
+        if evaluator.evaluations_results:
+            evaluator.best_mean_reward = max(float(np.mean(r)) for r in evaluator.evaluations_results)
+            evaluator.last_mean_reward = float(np.mean(evaluator.evaluations_results[-1]))
+    evaluator.n_calls = num_timesteps // n_envs  # evaluations stay at the uninterrupted run's steps
 
 
 class RunCheckpoint(BaseCallback):
@@ -347,8 +351,6 @@ class RunCheckpoint(BaseCallback):
         """Write a checkpoint of the model now."""
         self.last_checkpoint = write_checkpoint(self.model, self.directory, self.run_config, self.keep)
         self._next_due = (self.model.num_timesteps // self.save_freq + 1) * self.save_freq
-        if self.verbose:
-            print(f"checkpoint: {self.last_checkpoint}")
         return self.last_checkpoint
 
     def _on_rollout_start(self) -> None:
