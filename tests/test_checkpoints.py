@@ -34,7 +34,7 @@ from rlgen_plugins.cli.errors import UsageError
 from rlgen_plugins.rainbow.algorithm import Rainbow
 
 EPISODE = 50
-CONFIG = {"algo": "test", "env": "Alternate", "learning_rate": "lin_1e-3"}
+CONFIG = {"algo": "test", "env": "Alternate", "hyperparams": {"learning_rate": "lin_1e-3", "batch_size": 16}}
 
 
 class Alternate(gym.Env):
@@ -148,7 +148,10 @@ def test_resume_mid_episode_restarts_the_episode_and_keeps_the_rest(tmp_path):
 
 def test_checkpoint_files_counting_every_env_and_keeping_the_newest(tmp_path):
     model = make_model(DQN, n_envs=2, train_freq=1)
-    model.learn(300, callback=RunCheckpoint(tmp_path, save_freq=100, keep=2, run_config=CONFIG))
+    config = json.loads(json.dumps(CONFIG))
+    checkpointer = RunCheckpoint(tmp_path, save_freq=100, keep=2, run_config=config)
+    config["hyperparams"]["gamma"] = 0.9  # as SB3 adds keys to the replay_buffer_kwargs it is given
+    model.learn(300, callback=checkpointer)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step_200", "step_300"]  # no temporary folders left
     manifest = json.loads((tmp_path / "step_200" / "manifest.json").read_text())
     assert sorted(manifest["files"]) == ["model.zip", "replay_buffer.pkl", "state.json"]
@@ -205,8 +208,9 @@ def test_checkpoint_of_another_algorithm_env_or_configuration_is_refused(saved):
     path = saved / "step_200"
     with pytest.raises(CheckpointError, match=r"written by stable_baselines3.dqn.dqn.DQN, not .*Rainbow"):
         load_checkpoint(path, Rainbow, make_env(), CONFIG)
-    other = {**CONFIG, "learning_rate": 5e-4}
-    with pytest.raises(CheckpointError, match=r'another run: learning_rate: "lin_1e-3" in the checkpoint, 0.0005 here'):
+    other = {**CONFIG, "hyperparams": {"learning_rate": 5e-4, "batch_size": 16}}
+    with pytest.raises(CheckpointError, match=r'another run: hyperparams.learning_rate: "lin_1e-3" in the checkpoint, '
+                                              r'0.0005 here$'):
         load_checkpoint(path, DQN, make_env(), other)
     with pytest.raises(CheckpointError, match=r"another run: env: \"Alternate\" in the checkpoint, \"CartPole-v1\""):
         load_checkpoint(path, DQN, make_env(), {**CONFIG, "env": "CartPole-v1"})

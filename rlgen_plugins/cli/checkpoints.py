@@ -7,7 +7,6 @@ See docs/checkpoints.md.
 """
 from __future__ import annotations
 
-import base64
 import contextlib
 import hashlib
 import json
@@ -87,14 +86,6 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _encode(state: th.Tensor) -> str:
-    return base64.b64encode(state.numpy().tobytes()).decode()
-
-
-def _decode(text: str) -> th.Tensor:
-    return th.frombuffer(bytearray(base64.b64decode(text)), dtype=th.uint8)
-
-
 def _random_states(model: BaseAlgorithm) -> dict[str, Any]:
     """Python's, numpy's and torch's global generators and the action space's (warm-up and epsilon draws)."""
     version, internal, gauss = random.getstate()
@@ -102,11 +93,11 @@ def _random_states(model: BaseAlgorithm) -> dict[str, Any]:
     states: dict[str, Any] = {
         "python": [version, list(internal), gauss],
         "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
-        "torch": _encode(th.get_rng_state()),
+        "torch": th.get_rng_state().tolist(),
         "action_space": model.action_space.np_random.bit_generator.state,
     }
     if th.cuda.is_available() and th.cuda.is_initialized():
-        states["cuda"] = [_encode(state) for state in th.cuda.get_rng_state_all()]
+        states["cuda"] = [state.tolist() for state in th.cuda.get_rng_state_all()]
     return states
 
 
@@ -115,10 +106,10 @@ def _restore_random_states(model: BaseAlgorithm, states: dict[str, Any]) -> None
     random.setstate((version, tuple(internal), gauss))
     kind, keys, pos, has_gauss, cached = states["numpy"]
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    th.set_rng_state(_decode(states["torch"]))
+    th.set_rng_state(th.tensor(states["torch"], dtype=th.uint8))
     model.action_space.np_random.bit_generator.state = states["action_space"]
     if "cuda" in states and th.cuda.is_available() and len(states["cuda"]) == th.cuda.device_count():
-        th.cuda.set_rng_state_all([_decode(state) for state in states["cuda"]])
+        th.cuda.set_rng_state_all([th.tensor(state, dtype=th.uint8) for state in states["cuda"]])
 
 
 def training_state(model: BaseAlgorithm) -> dict[str, Any]:
@@ -247,13 +238,20 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise corrupt(f"corrupt ({STATE_FILE} is not valid JSON)") from None
 
 
+def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested dicts as ``{"a.b": json}``."""
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        flat.update(_flatten(value, f"{prefix}{key}.") if isinstance(value, dict) and value
+                    else {f"{prefix}{key}": json.dumps(value)})
+    return flat
+
+
 def config_differences(saved: dict[str, Any], expected: dict[str, Any]) -> list[str]:
-    """``"key: A in the checkpoint, B here"`` for every top-level key whose value differs."""
-    saved, expected = _jsonable(saved), _jsonable(expected)
-    there, here = ({key: json.dumps(config.get(key, "(not set)")) for key in {*saved, *expected}}
-                   for config in (saved, expected))
-    return [f"{key}: {there[key]} in the checkpoint, {here[key]} here"
-            for key in sorted(there) if there[key] != here[key]]
+    """``"key: A in the checkpoint, B here"`` for every (dotted, nested) key whose value differs."""
+    there, here = _flatten(_jsonable(saved)), _flatten(_jsonable(expected))
+    return [f"{key}: {there.get(key, '(not set)')} in the checkpoint, {here.get(key, '(not set)')} here"
+            for key in sorted({*there, *here}) if there.get(key) != here.get(key)]
 
 
 def load_checkpoint(path: str | Path, algo_cls: type[BaseAlgorithm], env: Any,
@@ -324,7 +322,7 @@ class RunCheckpoint(BaseCallback):
         if keep is not None and (isinstance(keep, bool) or not isinstance(keep, (int, np.integer)) or keep < 1):
             raise CheckpointError(f"--keep-checkpoints must be a positive integer, got {keep!r}")
         self.directory, self.save_freq, self.keep = Path(directory), int(save_freq), keep
-        self.run_config = dict(run_config or {})
+        self.run_config = _jsonable(run_config or {})  # a copy: models may add to the dicts they are given
         self.signal_received: int | None = None
         self.last_checkpoint: Path | None = None
         self._next_due = self.save_freq
