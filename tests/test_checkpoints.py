@@ -242,6 +242,8 @@ def test_unwritable_folder_fails_before_training(tmp_path):
     with pytest.raises(CheckpointError, match=r"cannot write checkpoints into .*a_file/checkpoints: Not a directory"):
         model.learn(100, callback=RunCheckpoint(blocker / "checkpoints", save_freq=50))
     assert model.num_timesteps == 0
+    with pytest.raises(CheckpointError, match="a_file/run: Not a directory"):
+        RunCheckpoint(blocker / "run", save_freq=50).check_writable()
 
 
 def test_bad_arguments_name_the_flag():

@@ -337,12 +337,16 @@ class RunCheckpoint(BaseCallback):
         """Write a checkpoint at the next rollout boundary, then stop training."""
         self.signal_received = signum
 
-    def _init_callback(self) -> None:
-        try:  # fail before training when the folder cannot take a checkpoint
+    def check_writable(self) -> None:
+        """``CheckpointError`` unless ``directory`` can take a checkpoint (learn checks it before the first step)."""
+        try:
             self.directory.mkdir(parents=True, exist_ok=True)
             os.rmdir(tempfile.mkdtemp(prefix=".step_probe.", suffix=".tmp", dir=self.directory))
         except OSError as exc:
             raise CheckpointError(f"cannot write checkpoints into {self.directory}: {exc.strerror or exc}") from None
+
+    def _init_callback(self) -> None:
+        self.check_writable()
         self._next_due = (self.model.num_timesteps // self.save_freq + 1) * self.save_freq
 
     def save(self) -> Path:
@@ -380,13 +384,9 @@ def checkpoint_on_signals(callback: RunCheckpoint,
     def handle(signum: int, frame: Any) -> None:
         if callback.signal_received is None:
             callback.request_stop(signum)
-            return
-        before = previous[signum]
-        signal.signal(signum, before)
-        if callable(before):
-            before(signum, frame)
-        elif before == signal.SIG_DFL:
-            os.kill(os.getpid(), signum)
+        else:  # the second one is delivered again to the handler that was there before
+            signal.signal(signum, previous[signum])
+            signal.raise_signal(signum)
 
     for signum in signals:
         signal.signal(signum, handle)
