@@ -29,6 +29,7 @@ from rlgen_plugins.cli.checkpoints import (
     load_checkpoint,
     read_checkpoint,
     resume_learn,
+    write_checkpoint,
 )
 from rlgen_plugins.cli.errors import UsageError
 from rlgen_plugins.rainbow.algorithm import Rainbow
@@ -331,3 +332,13 @@ def test_resumed_evaluations_continue_the_history(tmp_path):
     assert second.best_mean_reward == second.last_mean_reward == float(np.mean(first.evaluations_results[0]))
     resume_learn(model, second, total_timesteps=400)
     assert np.load(tmp_path / "evaluations.npz")["timesteps"].tolist() == [100, 200, 300, 400]
+
+
+def test_writing_a_step_again_replaces_it(saved, tmp_path):
+    """A run resumed from an older checkpoint writes the later steps again: the new folder replaces the old one."""
+    model = load_checkpoint(saved / "step_200", DQN, make_env(), CONFIG)
+    write_checkpoint(model, tmp_path, CONFIG)
+    model._n_updates += 1
+    assert write_checkpoint(model, tmp_path, CONFIG) == tmp_path / "step_200"
+    assert [p.name for p in tmp_path.iterdir()] == ["step_200"]
+    assert read_checkpoint(tmp_path / "step_200")["n_updates"] == model._n_updates
