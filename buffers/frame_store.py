@@ -129,7 +129,7 @@ class FrameStore:
         start = np.flatnonzero(~self.continues)
         if start.size:  # first step of an episode: all k frames of obs
             first = (self.written[start, None] + np.arange(k)) % slots
-            self.frames[first, start[:, None]] = np.moveaxis(o[start], self.stack_axis, 1)
+            self.frames[first, start[:, None]] = np.moveaxis(o[start], self.stack_axis + 1, 1)
             self.written[start] += k
         self.newest[pos] = self.written - 1
         self.frames[self.written % slots, np.arange(self.n_envs)] = n[self._at(k - 1)]
