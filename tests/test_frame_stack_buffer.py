@@ -1,6 +1,7 @@
 """Frame-deduplicating replay: rebuilt stacks equal what the env produced; bad input; SB3 wiring; memory."""
 import pickle
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
@@ -323,3 +324,55 @@ def test_prioritized_dedup_in_a_plain_loop_matches_the_env():
             last = next(s for s in range(t, t + 3) if seen[s][2][envs[i]] or s in (44, t + 2))
             np.testing.assert_array_equal(batch.next_observations[i].numpy(), seen[last][1][envs[i]])
         buffer.update_priorities(batch.indices, np.random.random_sample(16))
+
+
+class GrayImageEnv(gym.Env):
+    """(36, 36) uint8 frames, 7-step episodes ending in a termination; FrameStackObservation stacks them on axis 0."""
+
+    observation_space = spaces.Box(0, 255, (36, 36), np.uint8)
+    action_space = spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self.observation_space.sample(), {}
+
+    def step(self, action):
+        self.t += 1
+        return self.observation_space.sample(), float(action), self.t >= 7, False, {}
+
+
+def test_dqn_with_gymnasium_frame_stack_observation():
+    """FrameStackObservation pads with copies of the first frame ("reset"): those stacks are stored exactly too."""
+    env = gym.wrappers.FrameStackObservation(GrayImageEnv(), 4)
+    model = DQN("CnnPolicy", env, learning_starts=50, batch_size=8, buffer_size=200, train_freq=4,
+                replay_buffer_class=FrameStackReplayBuffer,
+                policy_kwargs={"net_arch": [8], "features_extractor_kwargs": {"features_dim": 16}}, seed=0,
+                device="cpu")
+    model.learn(120)
+    buffer = model.replay_buffer
+    assert buffer.frames.stack_axis == 0 and buffer.frames.frame_shape == (1, 36, 36)
+    keep = assert_consistent(buffer, buffer.size())
+    starts = np.flatnonzero(np.r_[1.0, buffer.dones[: buffer.size() - 1, 0]] > 0)  # rows that begin an episode
+    obs, _ = buffer.frames.gather(starts, np.zeros_like(starts), starts)
+    assert keep.all() and (obs == obs[:, -1:]).all()  # each first stack is its first frame four times
+
+
+def test_without_dedup_it_is_sb3_replay_buffer():
+    space = spaces.Box(0, 255, (2, H, W), np.uint8)
+    ours = FrameStackReplayBuffer(6, space, ACT, device="cpu", frame_stack_dedup=False)
+    ref = ReplayBuffer(6, space, ACT, device="cpu")
+    stream = Stream(1, 2, 1, 0, "zero")
+    for t in range(9):
+        step = stream.step(["term" if t == 4 else ""])
+        ours.add(*step)
+        ref.add(*step)
+    assert ours.frames is None
+    for seed in range(3):
+        np.random.seed(seed)
+        a = ours.sample(5)
+        np.random.seed(seed)
+        b = ref.sample(5)
+        assert a.discounts is None and b.discounts is None
+        for x, y in zip(a[:5], b[:5]):
+            np.testing.assert_array_equal(x.numpy(), y.numpy())
