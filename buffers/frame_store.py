@@ -117,7 +117,8 @@ class FrameStore:
         if not shifted.all():
             raise ValueError(f"next_obs of env {int(np.argmin(shifted))} is not obs moved on by one frame along "
                              f"stack_axis={self.stack_axis} (frame_stack={k}): frame_stack_dedup needs observations "
-                             "stacked by VecFrameStack or FrameStackObservation")
+                             "stacked by VecFrameStack or FrameStackObservation (for frames of several channels, "
+                             "give frame_stack as the number of frames)")
         newest_obs = o[self._at(k - 1)]
         cont = np.flatnonzero(self.continues)
         if cont.size:

@@ -1,7 +1,9 @@
 """Proportional prioritised replay (Schaul et al. 2016) with n-step returns, as SB3 replay buffers.
 
 Each stored transition ``(row, env)`` has flat index ``row * n_envs + env`` and a leaf ``(|delta| + epsilon) ** alpha``
-in a ``SumTree``. Sampling is stratified over ``batch_size`` equal slices of the total priority.
+in a ``SumTree``. Sampling is stratified over ``batch_size`` equal slices of the total priority. With
+``frame_stack_dedup=True`` the observations live in a ``FrameStore`` (``buffers.frame_store``) and transitions whose
+frames were overwritten keep priority 0.
 """
 from __future__ import annotations
 
