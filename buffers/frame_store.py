@@ -17,6 +17,7 @@ faster than rows, and sampling skips them.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,11 @@ from gymnasium import spaces
 from stable_baselines3.common.buffers import BaseBuffer, ReplayBuffer
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from stable_baselines3.common.vec_env import VecNormalize
+
+try:
+    import psutil
+except ImportError:  # pragma: no cover - psutil is optional, as in SB3
+    psutil = None
 
 _REDRAWS = 32  # rejection rounds in uniform sampling before falling back to the explicit list of valid pairs
 
@@ -75,6 +81,10 @@ class FrameStore:
         self.frame_shape = shape[:axis] + (channels,) + shape[axis + 1:]
         self._split_shape = shape[:axis] + (k, channels) + shape[axis + 1:]  # stack axis split into (frame, channel)
         self.rows, self.n_envs, self.frames_per_env = rows, n_envs, int(frames_per_env)
+        needed = self.frames_per_env * n_envs * int(np.prod(self.frame_shape))
+        if psutil is not None and needed > psutil.virtual_memory().available:  # SB3's check, before allocating
+            warnings.warn("This system does not have apparently enough memory to store the complete replay buffer "
+                          f"frames {needed / 1e9:.2f}GB > {psutil.virtual_memory().available / 1e9:.2f}GB")
         self.frames = np.zeros((self.frames_per_env, n_envs, *self.frame_shape), dtype=np.uint8)
         self.newest = np.zeros((rows, n_envs), dtype=np.int64)  # absolute number of each observation's newest frame
         self._offsets = np.arange(1 - k, 1, dtype=np.int64)

@@ -376,3 +376,13 @@ def test_without_dedup_it_is_sb3_replay_buffer():
         assert a.discounts is None and b.discounts is None
         for x, y in zip(a[:5], b[:5]):
             np.testing.assert_array_equal(x.numpy(), y.numpy())
+
+
+def test_warns_before_allocating_more_frames_than_memory(monkeypatch):
+    import buffers.frame_store as frame_store
+
+    if frame_store.psutil is None:
+        pytest.skip("psutil is not installed (the check is skipped, as in SB3)")
+    monkeypatch.setattr(frame_store.psutil, "virtual_memory", lambda: type("Memory", (), {"available": 10**6})())
+    with pytest.warns(UserWarning, match=r"enough memory .* frames 0\.49GB > 0\.00GB"):
+        FrameStackReplayBuffer(2**16, SPACE, ACT, device="cpu")  # 2**16 + 2**12 + 5 slots of 7,056 bytes (lazy)
