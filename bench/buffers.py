@@ -8,7 +8,13 @@ Speed, capacity 2**20, batch 256, CartPole-shaped data, all contenders timed int
 Times are microseconds per call: ``min`` (best block, least disturbed by other processes) and ``median`` over blocks.
 Memory: bytes per stored transition (storage arrays + priority trees) for CartPole and 84x84x4 uint8 observations.
 
+Frame dedup (issue 15), ``--part frames``: bytes per transition of 84x84x4 uint8 stacks for
+``FrameStackReplayBuffer`` / ``PrioritizedReplayBuffer(frame_stack_dedup=True)`` against SB3's ``ReplayBuffer`` with
+``optimize_memory_usage`` (and the total at 1M transitions), and ``sample(32)`` times of all of them, filled with
+the same VecFrameStack-like stream (2**14 transitions, episodes of 50-400 steps), timed interleaved in the same run.
+
 Run:  PYTHONPATH=. python bench/buffers.py   (or python -m bench.buffers) [--blocks 15] [--calls 40]
+      [--part all|prioritized|frames]
 """
 from __future__ import annotations
 
@@ -26,11 +32,12 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 
 import numpy as np
+import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.buffers import ReplayBuffer
 
 import buffers
-from buffers import PrioritizedReplayBuffer, SumTree
+from buffers import FrameStackReplayBuffer, PrioritizedReplayBuffer, SumTree
 
 CAPACITY, BATCH = 2**20, 256
 CARTPOLE_OBS = spaces.Box(-np.inf, np.inf, (4,), np.float32)
@@ -209,16 +216,113 @@ def memory() -> list[dict]:
     return rows
 
 
+def buffer_bytes(buf: ReplayBuffer) -> int:
+    """Bytes of a buffer's storage arrays (frames or observations, per-row arrays) and priority trees."""
+    arrays = [buf.actions, buf.rewards, buf.dones, buf.timeouts]
+    if getattr(buf, "frames", None) is not None:
+        total = buf.frames.nbytes  # type: ignore[attr-defined]
+    else:
+        total = buf.observations.nbytes + (0 if buf.optimize_memory_usage else buf.next_observations.nbytes)
+    return total + sum(a.nbytes for a in arrays) + (buf.tree.nbytes if hasattr(buf, "tree") else 0)
+
+
+def frame_stream(steps: int, rng: np.random.Generator):
+    """(obs, next_obs, done) of a VecFrameStack-like (4, 84, 84) stream: zero padding, episodes of 50-400 steps."""
+    stack = np.zeros((1, 4, 84, 84), np.uint8)
+    stack[0, 3] = rng.integers(0, 256, (84, 84), dtype=np.uint8)
+    left = rng.integers(50, 401)
+    for _ in range(steps):
+        nxt = np.concatenate([stack[:, 1:], rng.integers(0, 256, (1, 1, 84, 84), dtype=np.uint8)], axis=1)
+        left -= 1
+        done = np.array([left == 0])
+        yield stack, nxt, done
+        if left == 0:
+            stack = np.zeros_like(stack)
+            stack[0, 3] = rng.integers(0, 256, (84, 84), dtype=np.uint8)
+            left = rng.integers(50, 401)
+        else:
+            stack = nxt
+
+
+def frames(blocks: int, calls: int) -> list[dict]:
+    """Frame dedup: bytes per transition and sample(32) against SB3's optimize_memory_usage buffer."""
+    rows: list[dict] = []
+    # np.zeros is lazy, so nothing large is touched; SB3's 1M buffer (28 GB) is refused here, so it is measured at
+    # 2**16 and scaled (its bytes per transition do not depend on the capacity).
+    makers = {
+        "frame_stack_replay_buffer": lambda c: FrameStackReplayBuffer(c, ATARI_OBS, spaces.Discrete(6), device="cpu"),
+        "prioritized_frame_stack_dedup": lambda c: PrioritizedReplayBuffer(c, ATARI_OBS, spaces.Discrete(6),
+                                                                           device="cpu", frame_stack_dedup=True),
+        "sb3_replay_buffer_optimize_memory": lambda c: ReplayBuffer(c, ATARI_OBS, spaces.Discrete(6), device="cpu",
+                                                                    optimize_memory_usage=True,
+                                                                    handle_timeout_termination=False),
+    }
+    for name, make in makers.items():
+        capacity = 2**16 if name.startswith("sb3") else 1_000_000
+        buf = make(capacity)
+        total = buffer_bytes(buf) / capacity * 1_000_000
+        rows.append({"bench": "buffers.frames.bytes_per_transition", "obs": "atari_84x84x4_uint8", "buffer": name,
+                     "measured_capacity": capacity, "bytes": round(total / 1_000_000, 1),
+                     "gb_at_1M": round(total / 1e9, 3)})
+        del buf
+
+    # One torch thread, as the tests use: with two on these shared cores, th.tensor's parallel copy of a 0.9 MB
+    # batch took ~16 ms instead of ~0.08 ms (OpenMP threads waiting on each other), which would swamp the gather.
+    th.set_num_threads(1)
+    capacity, n = 2**14, 2**14 + 2**12  # wraps
+    rng = np.random.default_rng(0)
+    np.random.seed(0)
+    kwargs = {"device": "cpu"}
+    contenders = {
+        "sb3_optimize_memory": ReplayBuffer(capacity, ATARI_OBS, spaces.Discrete(6), optimize_memory_usage=True,
+                                            handle_timeout_termination=False, **kwargs),
+        "ours_uniform_dedup": FrameStackReplayBuffer(capacity, ATARI_OBS, spaces.Discrete(6), **kwargs),
+        "ours_prioritized_dedup_nstep3": PrioritizedReplayBuffer(capacity, ATARI_OBS, spaces.Discrete(6), n_steps=3,
+                                                                 frame_stack_dedup=True, warn_uniform_after=None,
+                                                                 **kwargs),
+    }
+    add_us = {name: 0.0 for name in contenders}
+    zero, info = np.zeros(1), [{}]
+    for obs, nxt, done in frame_stream(n, rng):
+        for name, buf in contenders.items():
+            start = time.perf_counter()
+            buf.add(obs, nxt, zero, zero, done, info)
+            add_us[name] += time.perf_counter() - start
+    per = contenders["ours_prioritized_dedup_nstep3"]
+    per.update_priorities(np.arange(capacity), rng.exponential(1.0, capacity))
+    times = time_interleaved({f"sample32_{name}": (lambda b=buf: b.sample(32)) for name, buf in contenders.items()},
+                             blocks, calls)
+    common = {"capacity": capacity, "batch": 32, "unit": "us_per_call", "obs": "atari_84x84x4_uint8",
+              "torch_threads": th.get_num_threads()}
+    for name, t in times.items():
+        rows.append({"bench": f"buffers.frames.{name}", **common, **t})
+    for name in contenders:
+        rows.append({"bench": f"buffers.frames.add_{name}", **common, "mean_us": round(add_us[name] / n * 1e6, 2)})
+    ref = times["sample32_sb3_optimize_memory"]
+    for name in ("ours_uniform_dedup", "ours_prioritized_dedup_nstep3"):
+        mine = times[f"sample32_{name}"]
+        rows.append({"bench": "buffers.frames.ratio", "contender": name, **common,
+                     "ours_over_sb3_sample32_min": round(mine["min_us"] / ref["min_us"], 2),
+                     "ours_over_sb3_sample32_median": round(mine["median_us"] / ref["median_us"], 2),
+                     "goal": "ours/sb3 <= 1 (sample no slower), bytes <= 8000 per transition"})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--blocks", type=int, default=15)
     parser.add_argument("--calls", type=int, default=40)
+    parser.add_argument("--part", choices=["all", "prioritized", "frames"], default="all")
     args = parser.parse_args()
     print(json.dumps({"bench": "buffers.env", "python": platform.python_version(), "numpy": np.__version__,
                       "numba": buffers._jit.HAS_NUMBA, "date": time.strftime("%Y-%m-%d"),
                       "cpus": os.cpu_count(), "loadavg_1min": round(os.getloadavg()[0], 2)}))
-    for row in memory() + speed(args.blocks, args.calls):
-        print(json.dumps(row), flush=True)
+    parts = {"prioritized": lambda: memory() + speed(args.blocks, args.calls),
+             "frames": lambda: frames(args.blocks, args.calls)}
+    for name, part in parts.items():
+        if args.part in ("all", name):
+            for row in part():
+                print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":

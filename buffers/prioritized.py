@@ -1,20 +1,24 @@
 """Proportional prioritised replay (Schaul et al. 2016) with n-step returns, as SB3 replay buffers.
 
 Each stored transition ``(row, env)`` has flat index ``row * n_envs + env`` and a leaf ``(|delta| + epsilon) ** alpha``
-in a ``SumTree``. Sampling is stratified over ``batch_size`` equal slices of the total priority.
+in a ``SumTree``. Sampling is stratified over ``batch_size`` equal slices of the total priority. With
+``frame_stack_dedup=True`` the observations live in a ``FrameStore`` (``buffers.frame_store``) and transitions whose
+frames were overwritten keep priority 0.
 """
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import numpy as np
 import torch as th
 from gymnasium import spaces
-from stable_baselines3.common.buffers import DictReplayBuffer, ReplayBuffer
+from stable_baselines3.common.buffers import DictReplayBuffer
 from stable_baselines3.common.vec_env import VecNormalize
 
 from buffers._jit import njit
+from buffers.frame_store import FrameStackReplayBuffer, FrameStore
 from buffers.n_step import NStepTargets, n_step_targets
 from buffers.samples import DictPrioritizedReplayBufferSamples, PrioritizedReplayBufferSamples
 from buffers.sum_tree import SumTree
@@ -34,7 +38,8 @@ def _leaf_values(priorities: np.ndarray, indices: np.ndarray, n_stored: int, eps
     return top
 
 
-def _check_hyperparameters(alpha: float, beta: float, epsilon: float, n_steps: int, gamma: float) -> None:
+def _check_hyperparameters(alpha: float, beta: float, epsilon: float, n_steps: int, gamma: float,
+                           warn_uniform_after: int | None) -> None:
     if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha >= 0):
         raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}")
     _check_beta(beta)
@@ -44,6 +49,10 @@ def _check_hyperparameters(alpha: float, beta: float, epsilon: float, n_steps: i
         raise ValueError(f"n_steps must be an integer >= 1, got {n_steps!r}")
     if not (isinstance(gamma, (int, float)) and 0.0 <= gamma <= 1.0):
         raise ValueError(f"gamma must be in [0, 1], got {gamma!r}")
+    if warn_uniform_after is not None and (isinstance(warn_uniform_after, bool)
+                                           or not isinstance(warn_uniform_after, (int, np.integer))
+                                           or warn_uniform_after < 1):
+        raise ValueError(f"warn_uniform_after must be a positive integer or None, got {warn_uniform_after!r}")
 
 
 def _check_beta(beta: float) -> float:
@@ -63,8 +72,14 @@ class _PrioritizedMixin:
     rewards: np.ndarray
     dones: np.ndarray
     timeouts: np.ndarray
+    frames: FrameStore | None = None  # set by FrameStackReplayBuffer with frame_stack_dedup=True
+    # Class defaults for buffers pickled before the uniform-sampling warning existed.
+    warn_uniform_after: int | None = None
+    _samples_drawn = 0
+    _priorities_updated = False
 
-    def _init_priorities(self, alpha: float, beta: float, epsilon: float, n_steps: int, gamma: float) -> None:
+    def _init_priorities(self, alpha: float, beta: float, epsilon: float, n_steps: int, gamma: float,
+                         warn_uniform_after: int | None) -> None:
         self.alpha = float(alpha)
         self.beta = beta
         self.epsilon = float(epsilon)
@@ -73,6 +88,9 @@ class _PrioritizedMixin:
         self.tree = SumTree(self.buffer_size * self.n_envs)
         self.max_priority = 1.0  # raw priority given to new transitions (max seen so far)
         self._env_offsets = np.arange(self.n_envs, dtype=np.int64)
+        self.warn_uniform_after = None if warn_uniform_after is None else int(warn_uniform_after)
+        self._samples_drawn = 0  # sample() calls so far
+        self._priorities_updated = False  # whether update_priorities has ever been called
 
     @property
     def beta(self) -> float:
@@ -100,6 +118,9 @@ class _PrioritizedMixin:
         if self.optimize_memory_usage:
             # The next row's observation now holds this row's next_obs: that transition is invalid until rewritten.
             self.tree.update(self.pos * self.n_envs + self._env_offsets, np.zeros(self.n_envs))
+        if self.frames is not None and self.frames.invalidated.size:
+            # Transitions whose oldest frame was just overwritten can no longer be rebuilt: never sample them.
+            self.tree.update(self.frames.invalidated, np.zeros(self.frames.invalidated.size))
 
     def reset(self) -> None:
         """Empty the buffer and its priorities."""
@@ -115,7 +136,11 @@ class _PrioritizedMixin:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         total = self.tree.total()
         if total <= 0.0:
-            raise ValueError("cannot sample from an empty PrioritizedReplayBuffer")
+            if self.size() == 0:  # type: ignore[attr-defined]
+                raise ValueError(f"cannot sample from an empty {type(self).__name__}")
+            raise ValueError(f"cannot sample: size() reports {self.n_stored()} transitions but none has a priority. "
+                             "Transitions get one in add(); setting full or pos directly gives them none: call "
+                             "update_priorities(indices, priorities) for them first")
         beta = self._beta if beta is None else _check_beta(beta)
         # Stratified: one uniform draw in each of batch_size equal slices of [0, total) (global np.random, as SB3).
         values = (np.arange(batch_size) + np.random.random_sample(batch_size)) * (total / batch_size)
@@ -123,7 +148,21 @@ class _PrioritizedMixin:
         # w_i = (N P(i))**-beta / max_j w_j = (p_i / p_min)**-beta   (PER, Schaul et al. 2016, section 3.4)
         packed = np.empty((4, batch_size, 1), dtype=np.float32)  # one tensor conversion instead of four
         packed[3, :, 0] = (self.tree.leaves[indices] / self.tree.min()) ** (-beta)
+        self._count_sample()
         return indices, packed
+
+    def _count_sample(self) -> None:
+        """Warn once if sampling has been uniform for ``warn_uniform_after`` calls (no ``update_priorities``)."""
+        self._samples_drawn += 1
+        if (self._samples_drawn != self.warn_uniform_after or self._priorities_updated or self.alpha == 0.0):
+            return
+        warnings.warn(
+            f"{type(self).__name__} was sampled {self._samples_drawn} times and update_priorities was never "
+            "called: every priority is still the initial one, so sampling is uniform and every importance weight "
+            "is 1 (SB3's DQN and other SB3 algorithms never call update_priorities). For prioritised replay, call "
+            "buffer.update_priorities(samples.indices, abs_td_errors) after each gradient step, or use "
+            "rlgen_plugins.rainbow.Rainbow with prioritized_replay=True and the other components off "
+            "(prioritised DQN). warn_uniform_after=None silences this.", UserWarning, stacklevel=4)
 
     def update_priorities(self, indices: np.ndarray | th.Tensor, priorities: np.ndarray | th.Tensor) -> None:
         """Set RAW priorities (|TD error| or per-sample loss, finite and >= 0) for flat ``indices``.
@@ -148,8 +187,12 @@ class _PrioritizedMixin:
             raise ValueError("priorities must be finite and non-negative (got NaN, inf or a negative value)")
         if self.optimize_memory_usage and self.full:
             leaves[idx // self.n_envs == self.pos] = 0.0  # the row under the write pointer stays unsampleable
+        if self.frames is not None:
+            rows, envs = np.divmod(idx, self.n_envs)
+            leaves[~self.frames.valid(rows, envs)] = 0.0  # transitions whose frames were overwritten stay so
         self.tree.update(idx, leaves)
         self.max_priority = max(self.max_priority, top)
+        self._priorities_updated = True
 
     def _targets(self, rows: np.ndarray, envs: np.ndarray, env: VecNormalize | None,
                  packed: np.ndarray) -> tuple[NStepTargets, tuple[th.Tensor, ...]]:
@@ -160,11 +203,16 @@ class _PrioritizedMixin:
         return targets, tuple(self.to_torch(packed).unbind(0))  # type: ignore[attr-defined]
 
 
-class PrioritizedReplayBuffer(_PrioritizedMixin, ReplayBuffer):
+class PrioritizedReplayBuffer(_PrioritizedMixin, FrameStackReplayBuffer):
     """SB3 ``ReplayBuffer`` with proportional prioritised sampling and n-step returns.
 
     :param alpha: priority exponent (0 = uniform); :param beta: importance-sampling exponent in (0, 1];
-    :param epsilon: added to raw priorities so none is 0; :param n_steps: return horizon; :param gamma: discount.
+    :param epsilon: added to raw priorities so none is 0; :param n_steps: return horizon; :param gamma: discount;
+    :param warn_uniform_after: after this many ``sample`` calls without any ``update_priorities`` call (so every
+        priority is still the initial one and sampling is uniform), warn once (``None``: never; no warning when
+        ``alpha == 0``); :param frame_stack_dedup: store each frame of stacked image observations once (see
+        ``FrameStackReplayBuffer`` for it and for ``frame_stack``, ``stack_axis`` and ``frames_per_env``);
+        transitions whose frames were overwritten get priority 0.
     Other parameters as SB3's ``ReplayBuffer`` (``optimize_memory_usage`` needs ``handle_timeout_termination=False``).
     """
 
@@ -182,11 +230,16 @@ class PrioritizedReplayBuffer(_PrioritizedMixin, ReplayBuffer):
         epsilon: float = 1e-6,
         n_steps: int = 1,
         gamma: float = 0.99,
+        warn_uniform_after: int | None = 1000,
+        frame_stack_dedup: bool = False,
+        frame_stack: int | None = None,
+        stack_axis: int | None = None,
+        frames_per_env: int | None = None,
     ) -> None:
-        _check_hyperparameters(alpha, beta, epsilon, n_steps, gamma)
-        super().__init__(buffer_size, observation_space, action_space, device, n_envs,
-                         optimize_memory_usage, handle_timeout_termination)
-        self._init_priorities(alpha, beta, epsilon, n_steps, gamma)
+        _check_hyperparameters(alpha, beta, epsilon, n_steps, gamma, warn_uniform_after)
+        super().__init__(buffer_size, observation_space, action_space, device, n_envs, optimize_memory_usage,
+                         handle_timeout_termination, frame_stack_dedup, frame_stack, stack_axis, frames_per_env)
+        self._init_priorities(alpha, beta, epsilon, n_steps, gamma, warn_uniform_after)
 
     def sample(self, batch_size: int, env: VecNormalize | None = None,  # type: ignore[override]
                beta: float | None = None) -> PrioritizedReplayBufferSamples:
@@ -194,14 +247,11 @@ class PrioritizedReplayBuffer(_PrioritizedMixin, ReplayBuffer):
         indices, packed = self._sample_indices(batch_size, beta)
         rows, envs = np.divmod(indices, self.n_envs)
         t, (returns, dones, discounts, weights) = self._targets(rows, envs, env, packed)
-        if self.optimize_memory_usage:
-            next_obs = self.observations[(t.last_rows + 1) % self.buffer_size, envs]
-        else:
-            next_obs = self.next_observations[t.last_rows, envs]
-        return PrioritizedReplayBufferSamples(
-            observations=self.to_torch(self._normalize_obs(self.observations[rows, envs], env)),  # type: ignore[arg-type]
-            actions=self.to_torch(self.actions[rows, envs]),
-            next_observations=self.to_torch(self._normalize_obs(next_obs, env)),  # type: ignore[arg-type]
+        obs, next_obs = self._observation_pair(rows, envs, t.last_rows)
+        return PrioritizedReplayBufferSamples(  # the gathered arrays are new: no second copy into torch
+            observations=self.to_torch(self._normalize_obs(obs, env), copy=False),  # type: ignore[arg-type]
+            actions=self.to_torch(self.actions[rows, envs], copy=False),
+            next_observations=self.to_torch(self._normalize_obs(next_obs, env), copy=False),  # type: ignore[arg-type]
             dones=dones,
             rewards=returns,
             discounts=discounts,
@@ -211,7 +261,8 @@ class PrioritizedReplayBuffer(_PrioritizedMixin, ReplayBuffer):
 
 
 class DictPrioritizedReplayBuffer(_PrioritizedMixin, DictReplayBuffer):
-    """``PrioritizedReplayBuffer`` for ``spaces.Dict`` observations (no ``optimize_memory_usage``, as in SB3)."""
+    """``PrioritizedReplayBuffer`` for ``spaces.Dict`` observations (no ``optimize_memory_usage``, as in SB3, and
+    no frame dedup)."""
 
     def __init__(
         self,
@@ -227,15 +278,16 @@ class DictPrioritizedReplayBuffer(_PrioritizedMixin, DictReplayBuffer):
         epsilon: float = 1e-6,
         n_steps: int = 1,
         gamma: float = 0.99,
+        warn_uniform_after: int | None = 1000,
     ) -> None:
-        _check_hyperparameters(alpha, beta, epsilon, n_steps, gamma)
+        _check_hyperparameters(alpha, beta, epsilon, n_steps, gamma, warn_uniform_after)
         if optimize_memory_usage:
             raise ValueError("optimize_memory_usage must be False for DictPrioritizedReplayBuffer (as SB3's Dict buffer)")
         if not isinstance(observation_space, spaces.Dict):
             raise ValueError(f"observation_space must be a gymnasium.spaces.Dict, got {type(observation_space).__name__}")
         super().__init__(buffer_size, observation_space, action_space, device, n_envs,
                          optimize_memory_usage, handle_timeout_termination)
-        self._init_priorities(alpha, beta, epsilon, n_steps, gamma)
+        self._init_priorities(alpha, beta, epsilon, n_steps, gamma, warn_uniform_after)
 
     def sample(self, batch_size: int, env: VecNormalize | None = None,  # type: ignore[override]
                beta: float | None = None) -> DictPrioritizedReplayBufferSamples:

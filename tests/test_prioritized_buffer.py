@@ -269,3 +269,53 @@ def test_dqn_multi_input_runs_with_dict_buffer():
     assert buffer.timeouts.sum() == 7  # the 8-step time limits were recorded as truncations
     batch = buffer.sample(8)
     assert batch.observations.keys() == {"a", "b"} and batch.observations["b"].shape == (8, 3)
+
+
+def uniform_warnings(record):
+    return [w for w in record if issubclass(w.category, UserWarning) and "sampling is uniform" in str(w.message)]
+
+
+def test_warns_once_that_sb3_dqn_samples_uniformly():
+    """SB3's DQN never calls update_priorities: the buffer says so once, after warn_uniform_after samples."""
+    model = DQN("MlpPolicy", "CartPole-v1", learning_starts=20, batch_size=8, buffer_size=200, train_freq=1,
+                replay_buffer_class=PrioritizedReplayBuffer, replay_buffer_kwargs={"warn_uniform_after": 30},
+                policy_kwargs={"net_arch": [8]}, seed=0, device="cpu")
+    with pytest.warns(UserWarning) as record:
+        model.learn(100)  # about 80 gradient steps, one sample each
+    found = uniform_warnings(record)
+    assert len(found) == 1
+    message = str(found[0].message)
+    assert "sampled 30 times" in message and "update_priorities" in message and "Rainbow" in message
+    leaves = model.replay_buffer.tree.leaves[: model.replay_buffer.n_stored()]
+    assert np.ptp(leaves) == 0.0  # what the warning claims: every priority is still the initial one
+    assert PrioritizedReplayBuffer(10, OBS, ACT, device="cpu").warn_uniform_after == 1000  # documented default
+
+
+@pytest.mark.parametrize("kwargs, update", [({}, True), ({"alpha": 0.0}, False), ({"warn_uniform_after": None}, False)])
+def test_no_uniform_warning_with_updates_alpha_zero_or_none(kwargs, update, recwarn):
+    buffer = make(6, **{"warn_uniform_after": 5, **kwargs})
+    for _ in range(12):
+        batch = buffer.sample(2)
+        if update:
+            buffer.update_priorities(batch.indices, np.array([0.5, 2.0]))
+    assert not uniform_warnings(recwarn.list)
+
+
+def test_uniform_warning_fires_without_updates_and_bad_threshold_is_rejected(recwarn):
+    buffer = make(6, warn_uniform_after=5)
+    for _ in range(12):
+        buffer.sample(2)
+    assert len(uniform_warnings(recwarn.list)) == 1
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="warn_uniform_after"):
+            PrioritizedReplayBuffer(10, OBS, ACT, device="cpu", warn_uniform_after=bad)
+
+
+def test_full_flag_on_empty_buffer_error_says_why():
+    """SB3's buffer tests set full=True on an empty buffer: no transition has a priority, and the error says so."""
+    buffer = PrioritizedReplayBuffer(10, OBS, ACT, device="cpu")
+    buffer.full = True
+    with pytest.raises(ValueError, match=r"size\(\) reports 10 transitions but none has a priority.*update_priorities"):
+        buffer.sample(4)
+    buffer.update_priorities(np.arange(10), np.ones(10))  # the way out the message names
+    assert buffer.sample(4).observations.shape == (4, 3)
