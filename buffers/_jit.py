@@ -1,6 +1,8 @@
 """Optional numba JIT: the sum-tree kernels are plain loops, compiled when numba is installed.
 
 Without numba the same loops run as ordinary Python (correct, but about 100x slower), and a warning says so.
+The n-step and priority kernels are compiled by assignment (``kernel = njit(loop)``), so the loop itself stays a
+plain function that the mutation run (``bench/mutation.sh``, with ``NUMBA_DISABLE_JIT=1``) can mutate.
 """
 from __future__ import annotations
 

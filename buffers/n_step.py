@@ -30,9 +30,8 @@ class NStepTargets(NamedTuple):
     discounts: np.ndarray  # (batch, 1) float32 gamma ** k
 
 
-@njit
-def _n_step_kernel(rewards: np.ndarray, dones: np.ndarray, timeouts: np.ndarray, rows: np.ndarray, envs: np.ndarray,
-                   newest_row: int, n_steps: int, gamma: float, out: np.ndarray) -> np.ndarray:
+def _n_step_loop(rewards: np.ndarray, dones: np.ndarray, timeouts: np.ndarray, rows: np.ndarray, envs: np.ndarray,
+                 newest_row: int, n_steps: int, gamma: float, out: np.ndarray) -> np.ndarray:
     # One pass per sample: walk forward until a done, a timeout, the newest row or n steps; out = (R, done, gamma**k).
     size = dones.shape[0]
     last_rows = np.empty_like(rows)
@@ -50,6 +49,9 @@ def _n_step_kernel(rewards: np.ndarray, dones: np.ndarray, timeouts: np.ndarray,
         out[1, k, 0] = dones[row, env] * (1.0 - timeouts[row, env])
         out[2, k, 0] = discount
     return last_rows
+
+
+_n_step_kernel = njit(_n_step_loop)
 
 
 def n_step_targets(

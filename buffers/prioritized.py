@@ -24,9 +24,8 @@ from buffers.samples import DictPrioritizedReplayBufferSamples, PrioritizedRepla
 from buffers.sum_tree import SumTree
 
 
-@njit
-def _leaf_values(priorities: np.ndarray, indices: np.ndarray, n_stored: int, epsilon: float, alpha: float,
-                 out: np.ndarray) -> float:
+def _leaf_values_loop(priorities: np.ndarray, indices: np.ndarray, n_stored: int, epsilon: float, alpha: float,
+                      out: np.ndarray) -> float:
     # Validate raw priorities and indices, fill out = (p + epsilon) ** alpha (PER eq. 1), return max p (-1 = bad).
     top = 0.0
     for k in range(priorities.shape[0]):
@@ -36,6 +35,9 @@ def _leaf_values(priorities: np.ndarray, indices: np.ndarray, n_stored: int, eps
         top = max(top, p)
         out[k] = (p + epsilon) ** alpha
     return top
+
+
+_leaf_values = njit(_leaf_values_loop)
 
 
 def _check_hyperparameters(alpha: float, beta: float, epsilon: float, n_steps: int, gamma: float,
