@@ -247,7 +247,7 @@ def test_v_min_is_kept_as_given() -> None:
 def _eager_loss_and_gradients(model: Rainbow, data) -> tuple[th.Tensor, th.Tensor, list[th.Tensor]]:
     for param in model._trained_parameters:
         param.grad = None
-    loss, priorities = model._loss(model._named_parameters, data)
+    loss, priorities = model._loss(None, data)  # the eager path: the network called directly
     loss.backward()
     return loss.detach(), priorities, [param.grad.clone() for param in model._trained_parameters]
 
