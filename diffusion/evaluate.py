@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rlgen_plugins.cli.files import replace_atomically, write_text_atomically
+from .files import replace_atomically, write_text_atomically
 
 from .data import label_column, load_images, num_classes, split_holdout, with_image_transform
 

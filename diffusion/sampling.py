@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from diffusion.pipeline import denoise
-from rlgen_plugins.cli.files import replace_atomically
+from .files import replace_atomically
 
 SCHEDULER_NAMES = ("ddpm", "ddim", "dpm-solver++")
 # Settings a scheduler kind gets on top of the trained config (see `sampling_scheduler` for the lambda clip).

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rlgen_plugins.cli.files import replace_atomically, write_text_atomically
+from .files import replace_atomically, write_text_atomically
 
 from .data import load_training_data
 from .sampling import generate, sampling_scheduler, save_gif, save_grid
