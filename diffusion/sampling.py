@@ -134,6 +134,17 @@ def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = 
     return replace_atomically(path, lambda tmp: img.save(tmp, format="PNG"), suffix=".png")
 
 
+def save_images(images: torch.Tensor, folder: str | os.PathLike) -> list[Path]:
+    """Write each image of a (N, C, H, W) batch in [-1, 1] as its own PNG (00000.png, ...), atomically."""
+    folder = Path(folder)
+    written = []
+    for i, array in enumerate(to_uint8(images).permute(0, 2, 3, 1).numpy()):
+        img = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array, mode="L" if array.shape[2] == 1 else "RGB")
+        written.append(replace_atomically(folder / f"{i:05d}.png", lambda tmp, img=img: img.save(tmp, format="PNG"),
+                                          suffix=".png"))
+    return written
+
+
 def save_gif(frames: Sequence[torch.Tensor], path: str | os.PathLike, nrow: int | None = None, scale: int = 4,
              duration_ms: int = 120) -> Path:
     """Write a denoising GIF (one grid per frame, last frame held longer) atomically."""
