@@ -381,7 +381,9 @@ class Run:
             result.pipeline_dir = save_pipeline(self.ema_copy(), self.scheduler, self.out / "pipeline",
                                                 config=self.config, grid=written[0])
         self.acc.wait_for_everyone()
-        self.acc.end_training()
+        # Trackers close; the process group stays up, so one launch can train (or resume) more than once.
+        for tracker in self.acc.trackers:
+            tracker.finish()
         return result
 
 
