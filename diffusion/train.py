@@ -37,8 +37,8 @@ from .config import LOSSES, LR_SCHEDULES, PREDICTION_TYPES, RUN_FIELDS, TrainCon
 from .data import load_training_data
 from .export import load_pipeline, save_pipeline  # noqa: F401
 from .sampling import generate, sampling_scheduler, save_gif, save_grid
-from .training_parts import (BatchOrder, StopFlag, build_scheduler, build_unet, diffusion_loss,  # noqa: F401
-                             lr_factor, training_target)
+from .training_parts import (BatchOrder, LoaderBatches, StopFlag, build_scheduler, build_unet,  # noqa: F401
+                             diffusion_loss, lr_factor, stack_pixels, training_target)
 
 # Clock of the time budget and of time-based schedules (a function so tests can substitute a fake clock).
 _clock = time.monotonic
@@ -92,23 +92,6 @@ def make_accelerator(config: TrainConfig):
         accelerator.init_trackers("tensorboard", config={
             k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in config.to_json().items()})
     return accelerator
-
-
-def _stack_pixels(items: list[dict[str, Any]]) -> torch.Tensor:
-    return torch.stack([item["pixel_values"] for item in items])
-
-
-class _LoaderBatches:
-    """Batch sampler over this process's share of micro-batches ``start, start + 1, ...`` (for a DataLoader)."""
-
-    def __init__(self, order: BatchOrder, rank: int, start: int, stop: int):
-        self.order, self.rank, self.start, self.stop = order, rank, start, stop
-
-    def __iter__(self):
-        return (self.order.indices(m, self.rank).tolist() for m in range(self.start, self.stop))
-
-    def __len__(self) -> int:
-        return self.stop - self.start
 
 
 class Run:
@@ -197,22 +180,29 @@ class Run:
                 from torch.utils.data import DataLoader
 
                 stop = self.total_steps * self.config.gradient_accumulation_steps
-                batches = _LoaderBatches(self.order, self.rank, micro_batch, stop)
-                self._loader = iter(DataLoader(self.train_ds, batch_sampler=batches, collate_fn=_stack_pixels,
+                batches = LoaderBatches(self.order, self.rank, micro_batch, stop)
+                self._loader = iter(DataLoader(self.train_ds, batch_sampler=batches, collate_fn=stack_pixels,
                                                num_workers=self.config.dataloader_num_workers))
             clean = next(self._loader)
         else:
             clean = torch.stack(self.train_ds[idx.tolist()]["pixel_values"])
         return clean.to(self.acc.device)
 
-    def _noise(self, image_shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
-        """This process's share of the noise and timesteps drawn for the whole global micro-batch."""
-        share = self.order.share
-        total = share * self.world
-        noise = torch.randn((total, *image_shape), generator=self.noise_gen)
+    def _step_noise(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Noise and timesteps of every sample of the coming optimizer step (all micro-batches, all processes).
+
+        Sample ``i`` of process ``r`` in micro-batch ``k`` takes row ``(k * world + r) * share + i``: the row its
+        image has in one process's batch of ``batch_size * world * gradient_accumulation_steps``.
+        """
+        c = self.config
+        total = self.order.share * self.world * c.gradient_accumulation_steps
+        noise = torch.randn((total, c.channels, c.image_size, c.image_size), generator=self.noise_gen)
         t = torch.randint(0, self.scheduler.config.num_train_timesteps, (total,), generator=self.noise_gen)
-        mine = slice(self.rank * share, (self.rank + 1) * share)
-        return noise[mine].to(self.acc.device), t[mine].to(self.acc.device)
+        return noise, t
+
+    def _share(self, rows: torch.Tensor, k: int) -> torch.Tensor:
+        start = (k * self.world + self.rank) * self.order.share
+        return rows[start:start + self.order.share].to(self.acc.device)
 
     def train_step(self, now_s: float) -> tuple[float, float | None]:
         """Accumulate the micro-batches of one step, average gradients over processes, update weights and EMA."""
@@ -221,9 +211,10 @@ class Run:
         for group in self.optimizer.param_groups:
             group["lr"] = c.lr * lr_factor(c, self.step, self.total_steps, now_s)
         losses = []
+        step_noise, step_t = self._step_noise()
         for k in range(accumulate):
             clean = self._images(self.step * accumulate + k)
-            noise, t = self._noise(clean.shape[1:])
+            noise, t = self._share(step_noise, k), self._share(step_t, k)
             noisy = self.scheduler.add_noise(clean, noise, t)
             last = k == accumulate - 1
             with contextlib.nullcontext() if last else acc.no_sync(self.model):

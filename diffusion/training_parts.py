@@ -121,3 +121,19 @@ class BatchOrder:
         return self.global_indices(micro_batch)[rank * self.share:(rank + 1) * self.share]
 
 
+def stack_pixels(items: list[dict[str, Any]]) -> torch.Tensor:
+    """DataLoader collate: the images of a batch as one tensor."""
+    return torch.stack([item["pixel_values"] for item in items])
+
+
+class LoaderBatches:
+    """Batch sampler over this process's share of micro-batches ``start, start + 1, ...`` (for a DataLoader)."""
+
+    def __init__(self, order: BatchOrder, rank: int, start: int, stop: int):
+        self.order, self.rank, self.start, self.stop = order, rank, start, stop
+
+    def __iter__(self):
+        return (self.order.indices(m, self.rank).tolist() for m in range(self.start, self.stop))
+
+    def __len__(self) -> int:
+        return self.stop - self.start
