@@ -81,7 +81,9 @@ def make_accelerator(config: TrainConfig):
     )
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched > accelerator.num_processes:
-        command = shlex.join(sys.argv) if sys.argv and sys.argv[0] else "your_script.py ..."
+        spec = getattr(sys.modules.get("__main__"), "__spec__", None)  # set when started with -m
+        script = ["-m", spec.name.removesuffix(".__main__")] if spec is not None and spec.name else sys.argv[:1]
+        command = shlex.join(script + sys.argv[1:]) if script and script[0] else "your_script.py ..."
         raise LaunchError(
             f"launched as {launched} processes (WORLD_SIZE={launched}) but accelerate runs each one alone "
             f"({accelerator.distributed_type}: no GPU for --multi_gpu), which would train {launched} independent "
