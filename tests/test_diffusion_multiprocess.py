@@ -81,3 +81,14 @@ def test_launch_that_would_train_independent_copies_is_refused(tmp_path, monkeyp
                                           r"--num_processes 2"):
         train(TrainConfig(output_dir=str(tmp_path / "run"), batch_size=4, **SETTINGS))
     assert not list_checkpoints(tmp_path / "run")
+
+
+def test_cpu_launch_that_starts_one_process_for_many_is_refused(tmp_path, monkeypatch):
+    """`accelerate launch --cpu --num_processes 2`: the simple launcher's environment, one process, no WORLD_SIZE."""
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    for key, value in (("ACCELERATE_USE_CPU", "True"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29500")):
+        monkeypatch.setenv(key, value)
+    with pytest.raises(LaunchError, match=r"--cpu --num_processes N starts one process.*ACCELERATE_USE_CPU=True "
+                                          r"accelerate launch --multi_gpu --num_processes N"):
+        train(TrainConfig(output_dir=str(tmp_path / "run"), batch_size=4, **SETTINGS))
+    assert not list_checkpoints(tmp_path / "run")
