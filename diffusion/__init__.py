@@ -1,27 +1,37 @@
 """Hand-written DDPM U-Net, noise scheduler and sampling pipeline that plug into diffusers.
 
-``ModelMixin``, ``SchedulerMixin`` and ``DiffusionPipeline`` are re-exported because diffusers' loader looks them up
-on this top-level module when it reloads a pipeline whose ``model_index.json`` names ``["diffusion", "UNet"]``.
-The training/data/evaluation modules (``diffusion.train`` etc.) are not imported here; import them explicitly.
+Names are imported on first use (PEP 562), so ``import diffusion.config`` stays free of torch and diffusers.
+``ModelMixin``, ``SchedulerMixin`` and ``DiffusionPipeline`` are exported as well: diffusers' loader looks those
+base classes up on the top-level module of a component declared as ``["diffusion.unet", "UNet"]``.
+The training, data and evaluation modules (``diffusion.train`` etc.) are imported explicitly.
 """
+from __future__ import annotations
 
-from diffusers.models.modeling_utils import ModelMixin
-from diffusers.pipelines.pipeline_utils import DiffusionPipeline
-from diffusers.schedulers.scheduling_utils import SchedulerMixin
+import importlib
+from typing import Any
 
-from .pipeline import UnconditionalPipeline, UnconditionalPipelineOutput
-from .scheduler import BETA_SCHEDULES, NoiseScheduler, NoiseSchedulerOutput, make_betas
-from .unet import UNet
+_EXPORTS = {
+    "UNet": "diffusion.unet",
+    "NoiseScheduler": "diffusion.scheduler",
+    "NoiseSchedulerOutput": "diffusion.scheduler",
+    "BETA_SCHEDULES": "diffusion.scheduler",
+    "make_betas": "diffusion.scheduler",
+    "UnconditionalPipeline": "diffusion.pipeline",
+    "UnconditionalPipelineOutput": "diffusion.pipeline",
+    "ModelMixin": "diffusers.models.modeling_utils",
+    "SchedulerMixin": "diffusers.schedulers.scheduling_utils",
+    "DiffusionPipeline": "diffusers.pipelines.pipeline_utils",
+}
+__all__ = list(_EXPORTS)
 
-__all__ = [
-    "UNet",
-    "NoiseScheduler",
-    "NoiseSchedulerOutput",
-    "UnconditionalPipeline",
-    "UnconditionalPipelineOutput",
-    "BETA_SCHEDULES",
-    "make_betas",
-    "ModelMixin",
-    "SchedulerMixin",
-    "DiffusionPipeline",
-]
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'diffusion' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

@@ -119,8 +119,12 @@ def num_classes(dataset) -> int:
     return int(max(dataset[col])) + 1
 
 
-def build_transform(image_size: int, channels: int = 1, random_flip: bool = False):
-    """Torchvision transform from a PIL image of any size/mode to a (C, S, S) float tensor in [-1, 1]."""
+def build_transform(image_size: int, channels: int = 1, random_flip: bool = False, center_crop: bool = True):
+    """Torchvision transform from a PIL image of any size/mode to a (C, S, S) float tensor in [-1, 1].
+
+    The short side is resized to ``image_size``, then the square is cut from the centre (``center_crop``) or at a
+    random place (diffusers' train_unconditional.py without ``--center_crop``).
+    """
     from torchvision import transforms
 
     if channels not in (1, 3):
@@ -129,7 +133,7 @@ def build_transform(image_size: int, channels: int = 1, random_flip: bool = Fals
         transforms.Lambda(lambda im: im.convert("L" if channels == 1 else "RGB")),
         # Resize the short side then crop: images of mixed sizes all come out square and equal.
         transforms.Resize(image_size, interpolation=transforms.InterpolationMode.BILINEAR, antialias=True),
-        transforms.CenterCrop(image_size),
+        transforms.CenterCrop(image_size) if center_crop else transforms.RandomCrop(image_size),
     ]
     if random_flip:
         steps.append(transforms.RandomHorizontalFlip())
@@ -137,9 +141,10 @@ def build_transform(image_size: int, channels: int = 1, random_flip: bool = Fals
     return transforms.Compose(steps)
 
 
-def with_image_transform(dataset, image_size: int, channels: int = 1, random_flip: bool = False):
+def with_image_transform(dataset, image_size: int, channels: int = 1, random_flip: bool = False,
+                         center_crop: bool = True):
     """Attach the transform lazily: items become {"pixel_values": tensor[, "label": int]}."""
-    transform = build_transform(image_size, channels, random_flip)
+    transform = build_transform(image_size, channels, random_flip, center_crop)
     img_col = image_column(dataset)
     lbl_col = label_column(dataset)
 
@@ -184,12 +189,13 @@ def load_training_data(
     random_flip: bool = False,
     holdout_fraction: float = 0.0,
     seed: int = 0,
+    center_crop: bool = True,
 ):
     """Load, split and transform in one call; returns (train, held-out or None) ready for a DataLoader."""
     raw = load_images(name)
     if len(raw) == 0:
         raise DataError(f"dataset '{name}' is empty")
     train, held = split_holdout(raw, holdout_fraction, seed)
-    train = with_image_transform(train, image_size, channels, random_flip)
+    train = with_image_transform(train, image_size, channels, random_flip, center_crop)
     held = with_image_transform(held, image_size, channels, False) if held is not None else None
     return train, held

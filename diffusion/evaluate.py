@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rlgen_plugins.cli.files import replace_atomically, write_text_atomically
+from .files import replace_atomically, write_text_atomically
 
 from .data import label_column, load_images, num_classes, split_holdout, with_image_transform
 
@@ -235,7 +235,9 @@ def evaluate_model(model_dir: str | os.PathLike, n: int = 500, scheduler: str = 
                    batch_size: int = 250, progress: bool = True, pipeline: Any = None) -> EvalReport:
     """Sample ``n`` images from a trained run and report domain FID/KID beside the real-vs-real floor."""
     from .sampling import generate, sampling_scheduler
-    from .train import TrainConfig, load_pipeline, read_run_config
+    from .checkpoints import read_run_config
+    from .config import TrainConfig
+    from .export import load_pipeline
 
     if n < 2:
         raise ValueError(f"--n must be at least 2, got {n}")

@@ -1,7 +1,7 @@
 """Sampling helpers shared by training previews, `rlgen diffusion sample` and evaluation.
 
-`sampling_scheduler` swaps the trained DDPM scheduler for DDIM or DPM-Solver++ through `from_config` (the same
-betas and prediction type); `generate` runs the reverse process the way diffusers pipelines do (scale by
+`sampling_scheduler` swaps the trained DDPM scheduler for any registered one (DDIM, DPM-Solver++, ...) through
+`from_config` (the same betas and prediction type); `generate` runs the reverse process the way diffusers pipelines do (scale by
 `init_noise_sigma`, `scale_model_input`, pass `generator` only where `step` accepts it) and can keep the trajectory
 for a denoising GIF. Image helpers turn [-1, 1] tensors into PNG grids and GIFs.
 """
@@ -16,9 +16,8 @@ import torch
 from PIL import Image
 
 from diffusion.pipeline import denoise
-from rlgen_plugins.cli.files import replace_atomically
+from .files import replace_atomically
 
-SCHEDULER_NAMES = ("ddpm", "ddim", "dpm-solver++")
 # Settings a scheduler kind gets on top of the trained config (see `sampling_scheduler` for the lambda clip).
 _EXTRA_CONFIG = {"dpm-solver++": {"algorithm_type": "dpmsolver++", "solver_order": 2, "lambda_min_clipped": -5.1}}
 
@@ -27,28 +26,24 @@ class UnknownSchedulerError(ValueError):
     """Scheduler name not registered."""
 
 
+def scheduler_names() -> list[str]:
+    """Scheduler names registered by the plugins (``registry.names("schedulers")``)."""
+    import registry
+
+    return registry.names("schedulers")
+
+
 def _scheduler_class(name: str, base: Any):
-    if name == "ddpm":
+    """The class registered under ``name``; ``"ddpm"`` keeps the trained scheduler's own class."""
+    import registry
+
+    if name == "ddpm" and base is not None:
         return type(base)
     try:
-        import registry
-
         return registry.get("schedulers", name)
-    except ImportError:
-        pass
     except LookupError as exc:
-        if name not in SCHEDULER_NAMES:
-            raise UnknownSchedulerError(
-                f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULER_NAMES)}") from exc
-    if name == "ddim":
-        from diffusers import DDIMScheduler
-
-        return DDIMScheduler
-    if name == "dpm-solver++":
-        from diffusers import DPMSolverMultistepScheduler
-
-        return DPMSolverMultistepScheduler
-    raise UnknownSchedulerError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULER_NAMES)}")
+        raise UnknownSchedulerError(
+            f"unknown scheduler {name!r}; choose one of {', '.join(scheduler_names())}") from exc
 
 
 def sampling_scheduler(base: Any, name: str = "ddpm"):
@@ -137,6 +132,17 @@ def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = 
     """Write a PNG sample grid atomically."""
     img = make_grid_image(images, nrow, scale)
     return replace_atomically(path, lambda tmp: img.save(tmp, format="PNG"), suffix=".png")
+
+
+def save_images(images: torch.Tensor, folder: str | os.PathLike) -> list[Path]:
+    """Write each image of a (N, C, H, W) batch in [-1, 1] as its own PNG (00000.png, ...), atomically."""
+    folder = Path(folder)
+    written = []
+    for i, array in enumerate(to_uint8(images).permute(0, 2, 3, 1).numpy()):
+        img = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array, mode="L" if array.shape[2] == 1 else "RGB")
+        written.append(replace_atomically(folder / f"{i:05d}.png", lambda tmp, img=img: img.save(tmp, format="PNG"),
+                                          suffix=".png"))
+    return written
 
 
 def save_gif(frames: Sequence[torch.Tensor], path: str | os.PathLike, nrow: int | None = None, scale: int = 4,

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.configuration_utils import ConfigMixin, FrozenDict, register_to_config
 from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
@@ -124,8 +124,9 @@ class NoiseScheduler(SchedulerMixin, ConfigMixin):
             if beta_schedule not in DIFFUSERS_NATIVE_SCHEDULES:
                 # Other diffusers schedulers do not know this schedule: hand it over as explicit betas.
                 self.register_to_config(trained_betas=betas.tolist())
-        # Make every value explicit so from_config into another scheduler keeps ours, not its own defaults.
-        self.register_to_config(_use_default_values=[])
+        # Every value is explicit in the config (no `_use_default_values` list): from_config into another
+        # scheduler then keeps ours rather than its own defaults, and a saved or reloaded config has DDPMScheduler's keys.
+        self._internal_dict = FrozenDict({k: v for k, v in self._internal_dict.items() if k != "_use_default_values"})
 
         self.betas = rescale_zero_terminal_snr(betas) if rescale_betas_zero_snr else betas
         self.alphas = 1.0 - self.betas
@@ -244,10 +245,22 @@ class NoiseScheduler(SchedulerMixin, ConfigMixin):
             return mean, x0
         return NoiseSchedulerOutput(prev_sample=mean, pred_original_sample=x0)
 
-    def _noise_std(self, t, prev_t, predicted_variance: torch.Tensor | None) -> torch.Tensor:
+    def _get_variance(
+        self, t: int, predicted_variance: torch.Tensor | None = None, variance_type: str | None = None
+    ) -> torch.Tensor:
+        """Variance sigma_t^2 of the reverse step at ``t``, as DDPMScheduler's method of the same name gives it for
+        fixed_small, fixed_large and learned (for the *_log types and learned_range that one returns a std or a log)."""
+        vt = variance_type or self.config.variance_type
+        _choice("variance_type", vt, VARIANCE_TYPES)
+        if vt in ("learned", "learned_range") and predicted_variance is None:
+            raise ValueError(f"variance_type={vt!r} needs predicted_variance")
+        return self._noise_std(t, self.previous_timestep(t), predicted_variance, vt) ** 2
+
+    def _noise_std(self, t, prev_t, predicted_variance: torch.Tensor | None, variance_type: str | None = None
+                   ) -> torch.Tensor:
         """Standard deviation sigma_t of the reverse step for the configured variance type."""
         beta_tilde, beta_t = self._posterior_variance(t, prev_t)
-        vt = self.config.variance_type
+        vt = variance_type or self.config.variance_type
         if vt == "fixed_small":  # sigma_t^2 = beta_tilde_t
             return beta_tilde**0.5
         if vt == "fixed_small_log":

@@ -146,20 +146,28 @@ class Upsample(nn.Module):
         return self.proj(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
+def _run(owner: nn.Module, module: nn.Module, *args: torch.Tensor) -> torch.Tensor:
+    """``module(*args)``, recomputed in the backward pass when diffusers' gradient checkpointing is on for ``owner``."""
+    if getattr(owner, "gradient_checkpointing", False) and torch.is_grad_enabled():
+        return owner._gradient_checkpointing_func(module, *args)
+    return module(*args)
+
+
 class DownStage(nn.Module):
     """Two ResNet blocks and linear attention at one resolution, then a change of resolution/width."""
 
     def __init__(self, dim_in: int, dim_out: int, time_dim: int, groups: int, heads: int, head_dim: int, last: bool):
         super().__init__()
+        self.gradient_checkpointing = False  # set by UNet.enable_gradient_checkpointing()
         self.block1 = ResnetBlock(dim_in, dim_in, time_dim, groups)
         self.block2 = ResnetBlock(dim_in, dim_in, time_dim, groups)
         self.attn = LinearAttention(dim_in, heads, head_dim)
         self.resample = nn.Conv2d(dim_in, dim_out, 3, padding=1) if last else Downsample(dim_in, dim_out)
 
     def forward(self, x: torch.Tensor, t_emb: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
-        x = self.block1(x, t_emb)
+        x = _run(self, self.block1, x, t_emb)
         skips.append(x)
-        x = self.attn(self.block2(x, t_emb))
+        x = _run(self, self.attn, _run(self, self.block2, x, t_emb))
         skips.append(x)
         return self.resample(x)
 
@@ -169,15 +177,16 @@ class UpStage(nn.Module):
 
     def __init__(self, dim_in: int, dim_out: int, time_dim: int, groups: int, heads: int, head_dim: int, last: bool):
         super().__init__()
+        self.gradient_checkpointing = False  # set by UNet.enable_gradient_checkpointing()
         self.block1 = ResnetBlock(dim_out + dim_in, dim_out, time_dim, groups)
         self.block2 = ResnetBlock(dim_out + dim_in, dim_out, time_dim, groups)
         self.attn = LinearAttention(dim_out, heads, head_dim)
         self.resample = nn.Conv2d(dim_out, dim_in, 3, padding=1) if last else Upsample(dim_out, dim_in)
 
     def forward(self, x: torch.Tensor, t_emb: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
-        x = self.block1(torch.cat([x, skips.pop()], dim=1), t_emb)
-        x = self.block2(torch.cat([x, skips.pop()], dim=1), t_emb)
-        return self.resample(self.attn(x))
+        x = _run(self, self.block1, torch.cat([x, skips.pop()], dim=1), t_emb)
+        x = _run(self, self.block2, torch.cat([x, skips.pop()], dim=1), t_emb)
+        return self.resample(_run(self, self.attn, x))
 
 
 def _as_hw(sample_size: int | Sequence[int]) -> tuple[int, int]:
@@ -203,7 +212,9 @@ class UNet(ModelMixin, ConfigMixin):
         init_kernel_size: kernel of the first convolution (odd).
     """
 
-    _supports_gradient_checkpointing = False
+    # enable_gradient_checkpointing() recomputes every ResNet block and attention layer in the backward pass
+    # instead of keeping their activations: the same outputs and gradients for less memory and more compute.
+    _supports_gradient_checkpointing = True
 
     @register_to_config
     def __init__(
@@ -250,6 +261,7 @@ class UNet(ModelMixin, ConfigMixin):
 
         groups, heads, head_dim = resnet_block_groups, attention_heads, attention_head_dim
         self.out_dim = out_channels or in_channels
+        self.gradient_checkpointing = False  # set by enable_gradient_checkpointing()
         time_dim = dim * 4
         self.init_conv = nn.Conv2d(in_channels * (2 if self_condition else 1), dim, init_kernel_size,
                                    padding=init_kernel_size // 2)
@@ -316,10 +328,11 @@ class UNet(ModelMixin, ConfigMixin):
         skips: list[torch.Tensor] = []
         for stage in self.down_stages:
             x = stage(x, t_emb, skips)
-        x = self.mid_block2(self.mid_attn(self.mid_block1(x, t_emb)), t_emb)
+        x = _run(self, self.mid_block1, x, t_emb)
+        x = _run(self, self.mid_block2, _run(self, self.mid_attn, x), t_emb)
         for stage in self.up_stages:
             x = stage(x, t_emb, skips)
-        out = self.final_conv(self.final_block(torch.cat([x, r], dim=1), t_emb))
+        out = self.final_conv(_run(self, self.final_block, torch.cat([x, r], dim=1), t_emb))
         if not return_dict:
             return (out,)
         return UNet2DOutput(sample=out)

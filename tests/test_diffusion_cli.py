@@ -86,6 +86,8 @@ def test_evaluate_prints_json_and_writes_report(trained, capsys, tmp_path, monke
     assert report["n"] == 20 and report["floor_fid"] > 0 and sum(report["class_histogram"]) == 20
     assert json.loads(Path(path).read_text()) == report
     assert list((tmp_path / "cache" / "classifiers").glob("*.safetensors"))
+    card = (trained / "pipeline" / "README.md").read_text()  # the model card now carries the FID and its floor
+    assert f"Domain FID {report['fid']:.3f} against the real-vs-real floor {report['floor_fid']:.3f}" in card
 
 
 def test_unreachable_dataset_and_empty_folder(capsys, tmp_path):
@@ -183,3 +185,42 @@ def test_bad_schedule_options(capsys, tmp_path):
     assert code == 2 and "lr_end_ratio must be in [0, 1]" in err
     code, _, err = run(capsys, "diffusion", "train", "--ema-decay", "1.5", "--output", str(tmp_path), *TINY)
     assert code == 2 and "ema_decay must be in [0, 1)" in err
+
+
+def test_resume_says_what_it_resumed_from(capsys, tmp_path):
+    out = tmp_path / "run"
+    assert main(["diffusion", "train", "--steps", "2", "--output", str(out), *TINY]) == 0
+    capsys.readouterr()
+    code, _, err = run(capsys, "diffusion", "train", "--steps", "3", "--output", str(out), "--resume", "latest",
+                       "--no-progress")
+    assert code == 0
+    assert f"resuming from step 2: {out / 'checkpoints' / 'step-00000002.pt'}" in err
+
+
+def test_sample_output_dir_writes_every_image_beside_the_grid(trained, capsys, tmp_path):
+    target = tmp_path / "samples"
+    code, out, _ = run(capsys, "diffusion", "sample", str(trained), "--scheduler", "ddim", "--steps", "2", "--n", "3",
+                       "--output-dir", str(target), "--no-progress")
+    assert code == 0 and out.splitlines()[0] == str(target / "grid.png")
+    assert sorted(p.name for p in target.iterdir()) == ["00000.png", "00001.png", "00002.png", "grid.png"]
+    assert Image.open(target / "00001.png").size == (8, 8) and Image.open(target / "00001.png").mode == "L"
+
+
+def test_diffusers_train_unconditional_option_names(capsys, tmp_path):
+    from rlgen_plugins.cli import build_parser
+    from rlgen_plugins.ddpm.commands import build_train_config
+
+    argv = ["diffusion", "train", "--output_dir", str(tmp_path / "run"), "--resolution", "8", "--mixed_precision",
+            "no", "--gradient_accumulation_steps", "2", "--checkpointing_steps", "7", "--checkpoints_total_limit",
+            "3", "--random_flip", "--no-center_crop", "--dataloader_num_workers", "1", "--gradient_checkpointing"]
+    config = build_train_config(build_parser().parse_args(argv))
+    assert (config.output_dir, config.image_size, config.mixed_precision) == (str(tmp_path / "run"), 8, "no")
+    assert (config.gradient_accumulation_steps, config.checkpoint_every, config.keep_checkpoints) == (2, 7, 3)
+    assert (config.random_flip, config.center_crop, config.dataloader_num_workers) == (True, False, 1)
+    assert config.gradient_checkpointing is True
+    code, _, err = run(capsys, "diffusion", "train", "--gradient_accumulation_steps", "0", "--output",
+                       str(tmp_path / "bad"), *TINY)
+    assert code == 2 and "gradient_accumulation_steps must be >= 1" in err
+    code, _, err = run(capsys, "diffusion", "train", "--preview-scheduler", "eulerr", "--output",
+                       str(tmp_path / "bad"), *TINY)
+    assert code == 2 and "preview_scheduler='eulerr'" in err and "ddim" in err

@@ -160,3 +160,27 @@ def test_learned_variance_without_variance_channels_raises():
     ours = NoiseScheduler(num_train_timesteps=T, variance_type="learned_range")
     with pytest.raises(ValueError, match="twice the sample's channels"):
         ours.step(torch.randn(1, 1, 2, 2), 50, torch.randn(1, 1, 2, 2))
+
+
+def test_config_keys_match_ddpm_scheduler_after_save_and_reload(tmp_path):
+    """diffusers' scheduler suite compares config dicts: ours must carry no `_use_default_values` entry."""
+    ours = NoiseScheduler(num_train_timesteps=T)
+    assert "_use_default_values" not in ours.config
+    ours.save_pretrained(tmp_path)
+    back = NoiseScheduler.from_pretrained(tmp_path)
+    theirs = DDPMScheduler.from_pretrained(tmp_path)
+    assert "_use_default_values" not in back.config
+    assert set(back.config) == set(theirs.config)
+    # defaults still travel explicitly: a cosine run converted to DDIM keeps our betas, not DDIM's linear default
+    cosine = NoiseScheduler(num_train_timesteps=T, beta_schedule="cosine")
+    assert torch.equal(DDIMScheduler.from_config(cosine.config).betas, cosine.betas)
+
+
+@pytest.mark.parametrize("variance_type", ["fixed_small", "fixed_large"])
+def test_get_variance_matches_ddpm_scheduler(variance_type):
+    ours = NoiseScheduler(num_train_timesteps=T, variance_type=variance_type)
+    theirs = DDPMScheduler(num_train_timesteps=T, variance_type=variance_type)
+    for t in (0, 1, 48, T - 1):
+        assert torch.allclose(ours._get_variance(t), theirs._get_variance(t), rtol=1e-5, atol=1e-12), t
+    with pytest.raises(ValueError, match="variance_type='other'.*'fixed_small'"):
+        ours._get_variance(5, variance_type="other")

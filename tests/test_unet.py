@@ -170,3 +170,41 @@ def test_bad_forward_inputs_raise():
         model(torch.randn(2, 1, 8, 8), torch.tensor([1, 2, 3]))
     with pytest.raises(ValueError, match="divisible by 2"):
         model(torch.randn(1, 1, 9, 8), 1)
+
+
+def _saved_activation_bytes(model: UNet, x: torch.Tensor, t: torch.Tensor) -> int:
+    """Bytes of the tensors autograd keeps for the backward pass (each storage counted once)."""
+    seen: dict[int, int] = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model(x, t).sample.square().mean().backward()
+    return sum(seen.values())
+
+
+def test_gradient_checkpointing_same_outputs_and_gradients_less_memory():
+    model = tiny(sample_size=16).train()
+    assert model._supports_gradient_checkpointing
+    x, t = torch.randn(2, 1, 16, 16), torch.tensor([3, 70])
+
+    def outputs_and_grads():
+        model.zero_grad()
+        out = model(x, t).sample
+        out.square().mean().backward()
+        return out.detach(), [p.grad.clone() for p in model.parameters()]
+
+    plain_out, plain_grads = outputs_and_grads()
+    plain_bytes = _saved_activation_bytes(model, x, t)
+    model.enable_gradient_checkpointing()
+    assert model.is_gradient_checkpointing
+    ckpt_out, ckpt_grads = outputs_and_grads()
+    ckpt_bytes = _saved_activation_bytes(model, x, t)
+    assert torch.allclose(plain_out, ckpt_out, atol=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(plain_grads, ckpt_grads))
+    assert ckpt_bytes < 0.5 * plain_bytes, (ckpt_bytes, plain_bytes)
+    model.disable_gradient_checkpointing()
+    assert not model.is_gradient_checkpointing

@@ -27,39 +27,10 @@ def add_diffusion_commands(subparsers: argparse._SubParsersAction) -> None:
 
     t = sub.add_parser("train", help="train on images (offline default: sklearn's digits)",
                        description="Train a DDPM; writes checkpoints, sample grids, TensorBoard logs and a "
-                                   "save_pretrained pipeline under --output.")
-    t.add_argument("--dataset", help="hub name, local image folder, or 'digits' (offline default)")
-    t.add_argument("--image-size", type=int, help="square image side (default 16)")
-    t.add_argument("--channels", type=int, choices=(1, 3), help="1 grayscale, 3 RGB (default 1)")
-    length = t.add_mutually_exclusive_group()
-    length.add_argument("--steps", type=int, help="optimizer steps (default 2000)")
-    length.add_argument("--epochs", type=float, help="passes over the training images")
-    t.add_argument("--time-budget", type=float, metavar="SECONDS", help="stop after this much training time")
-    t.add_argument("--batch-size", type=int, help="images per step (default 64)")
-    t.add_argument("--lr", type=float, help="AdamW learning rate (default 1e-3)")
-    t.add_argument("--lr-schedule", choices=("constant", "cosine", "linear"),
-                   help="learning rate after warm-up: constant, or decayed to lr x --lr-end-ratio by the end of "
-                        "--steps/--epochs or of --time-budget, whichever comes first (default constant)")
-    t.add_argument("--lr-end-ratio", type=float, help="final lr as a fraction of --lr for cosine/linear (default 0)")
-    t.add_argument("--warmup-steps", type=int, help="linear learning-rate warm-up steps (default 100)")
-    t.add_argument("--ema-decay", type=float, help="largest EMA decay (default 0.999)")
-    t.add_argument("--ema-warmup", action="store_true", default=None,
-                   help="EMA decay 1 - (1 + step / --ema-inv-gamma) ** -(--ema-power), capped at --ema-decay")
-    t.add_argument("--ema-power", type=float, help="EMA warm-up power (default 2/3)")
-    t.add_argument("--ema-inv-gamma", type=float, help="EMA warm-up inverse gamma (default 1)")
-    t.add_argument("--schedule", help="beta schedule: linear, cosine, quadratic, sigmoid (default linear)")
-    t.add_argument("--prediction-type", choices=("epsilon", "v_prediction", "sample"), help="training target")
-    t.add_argument("--loss", choices=("huber", "l1", "l2"), help="loss on the target (default huber)")
-    t.add_argument("--timesteps", type=int, help="diffusion timesteps (default 1000)")
-    t.add_argument("--dim", type=int, help="U-Net base width (default 32)")
-    t.add_argument("--dim-mults", help="comma-separated width multipliers (default 1,2,2)")
-    t.add_argument("--random-flip", action="store_true", default=None, help="random horizontal flips")
-    t.add_argument("--seed", type=int, help="seed (default 0)")
-    t.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), help="accelerate mixed precision")
-    t.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 500)")
-    t.add_argument("--sample-every", type=int, help="steps between sample grids, 0 = never (default 1000)")
-    t.add_argument("--output", default="runs/diffusion", help="run folder (default runs/diffusion)")
-    t.add_argument("--resume", metavar="latest|CHECKPOINT", help="continue the run in --output")
+                                   "self-contained diffusers pipeline folder under --output. Several processes: "
+                                   "accelerate launch --multi_gpu --num_processes N (on CPUs with "
+                                   "ACCELERATE_USE_CPU=True).")
+    add_train_options(t)
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=_train)
 
@@ -70,7 +41,10 @@ def add_diffusion_commands(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--n", type=int, default=64, help="number of images (default 64)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--gif", action="store_true", help="also write the denoising trajectory as a GIF")
-    s.add_argument("--output", help="PNG path (default MODEL_DIR/samples/sample-<scheduler>-<steps>.png)")
+    where = s.add_mutually_exclusive_group()
+    where.add_argument("--output", help="grid PNG path (default MODEL_DIR/samples/sample-<scheduler>-<steps>.png)")
+    where.add_argument("--output-dir", "--output_dir", dest="output_dir",
+                       help="folder for the grid (grid.png) and every image as its own PNG (00000.png, ...)")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=_sample)
 
@@ -91,57 +65,89 @@ def _missing_subcommand(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- train
-_TRAIN_OPTIONS = {  # argparse dest -> TrainConfig field
-    "dataset": "dataset", "image_size": "image_size", "channels": "channels", "steps": "steps", "epochs": "epochs",
-    "time_budget": "time_budget_s", "batch_size": "batch_size", "lr": "lr", "schedule": "beta_schedule",
-    "prediction_type": "prediction_type", "loss": "loss", "timesteps": "num_train_timesteps", "dim": "dim",
-    "dim_mults": "dim_mults", "random_flip": "random_flip", "seed": "seed", "mixed_precision": "mixed_precision",
-    "checkpoint_every": "checkpoint_every", "sample_every": "sample_every", "lr_schedule": "lr_schedule",
-    "lr_end_ratio": "lr_end_ratio", "warmup_steps": "warmup_steps", "ema_decay": "ema_decay",
-    "ema_warmup": "ema_warmup", "ema_power": "ema_power", "ema_inv_gamma": "ema_inv_gamma",
-}
+_LENGTH = ("steps", "epochs")  # mutually exclusive
+
+
+def _option_type(annotation: str) -> Any:
+    kind = annotation.split("|")[0].strip()
+    return {"int": int, "float": float}.get(kind, str)
+
+
+def add_train_options(parser: argparse.ArgumentParser) -> None:
+    """One option per `TrainConfig` field with flags in its metadata; defaults and choices come from the dataclass."""
+    import dataclasses
+
+    from diffusion.config import TrainConfig
+
+    defaults = TrainConfig()
+    length = parser.add_mutually_exclusive_group()
+    for f in dataclasses.fields(TrainConfig):
+        meta = f.metadata
+        if not meta.get("cli", True) or not meta.get("flags"):
+            continue
+        default = getattr(defaults, f.name)
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        help_text = meta["help"] + ("" if default is None else f" (default {shown})")
+        target = length if f.name in _LENGTH else parser
+        kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": help_text}
+        if f.type == "bool":
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = _option_type(f.type) if not str(f.type).startswith("tuple") else str
+            if meta.get("choices"):
+                kwargs["choices"] = meta["choices"]
+        if f.name == "resume":
+            kwargs["metavar"] = "latest|CHECKPOINT"
+        target.add_argument(*meta["flags"], **kwargs)
 
 
 def build_train_config(args: argparse.Namespace) -> Any:
     """TrainConfig from the options given; a resumed run starts from its saved settings."""
-    from diffusion.train import TrainConfig, read_run_config
+    import dataclasses
 
+    from diffusion.checkpoints import read_run_config
+    from diffusion.config import TrainConfig
+
+    output = args.output_dir or TrainConfig().output_dir
     base = TrainConfig()
     if args.resume:
-        saved = read_run_config(args.output)
+        saved = read_run_config(output)
         if saved is None:
-            raise UsageError(f"--resume: {args.output} is not a training run (no training_config.json)")
+            raise UsageError(f"--resume: {output} is not a training run (no training_config.json)")
         base = saved
     values = base.to_json()
-    for dest, name in _TRAIN_OPTIONS.items():
-        value = getattr(args, dest, None)
+    for f in dataclasses.fields(TrainConfig):
+        value = getattr(args, f.name, None)
         if value is None:
             continue
-        if dest == "dim_mults":
+        if f.name == "dim_mults":
             try:
                 value = [int(v) for v in str(value).split(",") if v.strip()]
             except ValueError:
                 raise UsageError(f"--dim-mults must be comma-separated integers, got {args.dim_mults!r}") from None
-        values[name] = value
+        values[f.name] = value
     if args.steps is not None:
         values["epochs"] = None
     if args.epochs is not None:
         values["steps"] = None
-    values.update(output_dir=args.output, resume=args.resume, progress=not args.no_progress)
+    values.update(output_dir=output, resume=args.resume, progress=not args.no_progress)
     try:
-        return TrainConfig.from_json(values)  # validates
+        config = TrainConfig.from_json(values)  # validates
+        config.check_scheduler_names()
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    return config
 
 
 def _train(args: argparse.Namespace) -> int:
     from diffusion.data import DataError
-    from diffusion.train import CheckpointError, NonFiniteLossError, train
+    from diffusion import train as dtrain
+    from diffusion.checkpoints import CheckpointError, LaunchError, NonFiniteLossError
 
     config = build_train_config(args)
     try:
-        result = train(config)
-    except DataError as exc:
+        result = dtrain.train(config)
+    except (DataError, LaunchError) as exc:
         raise UsageError(str(exc)) from None
     except (CheckpointError, NonFiniteLossError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -151,6 +157,8 @@ def _train(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     except ValueError as exc:  # bad model/scheduler settings (e.g. an unknown beta schedule)
         raise UsageError(str(exc)) from None
+    if not result.is_main_process:
+        return 0  # the main process reports what it wrote
     if result.interrupted:
         print(f"interrupted at step {result.step}; checkpoint {result.checkpoint}", file=sys.stderr)
         print(f"continue with: rlgen diffusion train --output {config.output_dir} --resume latest", file=sys.stderr)
@@ -190,7 +198,7 @@ def _check_scheduler_name(name: str) -> None:
 
 
 def _load(model_dir: str) -> Any:
-    from diffusion.train import load_pipeline
+    from diffusion.export import load_pipeline
 
     try:
         return load_pipeline(model_dir)
@@ -204,15 +212,23 @@ def _sample(args: argparse.Namespace) -> int:
         raise UsageError(f"--n must be at least 1, got {args.n}")
     import torch
 
-    from diffusion.sampling import generate, save_gif, save_grid
+    from diffusion.sampling import generate, save_gif, save_grid, save_images
 
     pipe = _load(args.model_dir)
     scheduler, steps = _scheduler_and_steps(args.scheduler, args.steps, pipe)
-    out = Path(args.output) if args.output else _run_folder(args.model_dir) / "samples" / f"sample-{args.scheduler}-{steps}.png"
+    if args.output_dir:
+        out = Path(args.output_dir) / "grid.png"
+    elif args.output:
+        out = Path(args.output)
+    else:
+        out = _run_folder(args.model_dir) / "samples" / f"sample-{args.scheduler}-{steps}.png"
     g = torch.Generator().manual_seed(args.seed)
     images, frames = generate(pipe.unet, scheduler, args.n, steps, generator=g, keep_trajectory=24 if args.gif else 0,
                               progress=not args.no_progress)
     print(save_grid(images, out))
+    if args.output_dir:
+        written = save_images(images, args.output_dir)
+        print(f"{len(written)} images: {written[0].name} .. {written[-1].name} in {args.output_dir}")
     if args.gif:
         print(save_gif(frames, out.with_suffix(".gif")))
     return 0
@@ -238,9 +254,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     except DataError as exc:
         raise UsageError(str(exc)) from None
     out = _run_folder(args.model_dir) / f"evaluation-{args.scheduler}-{steps}.json"
-    from rlgen_plugins.cli.files import write_text_atomically
+    from diffusion.checkpoints import read_run_config
+    from diffusion.export import update_model_card
+    from diffusion.files import write_text_atomically
 
     write_text_atomically(out, json.dumps(report.to_json(), indent=2))
+    update_model_card(args.model_dir, read_run_config(args.model_dir), report.to_json())
     print(json.dumps(report.to_json()) if args.json else format_report(report))
     print(out)
     return 0

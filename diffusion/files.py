@@ -1,0 +1,65 @@
+"""Atomic file writes for run folders: checkpoints, configs, grids and pipelines (standard library only)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask portably means setting it
+    os.umask(mask)
+    return mask
+
+
+def replace_atomically(path: str | os.PathLike, write: Callable[[str], Any], suffix: str = ".tmp",
+                       fsync: bool = False) -> Path:
+    """Have ``write(tmp)`` fill a temporary file beside ``path``, then rename it into place; return ``path``.
+
+    An error never leaves half a file at ``path`` and the temporary file is always removed; ``fsync`` flushes the
+    data before the rename. The file gets the permissions a plain ``open()`` gives (0o666 less the umask).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        if fsync:
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def write_text_atomically(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` through :func:`replace_atomically`."""
+    return replace_atomically(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def replace_folder_atomically(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
+    """Have ``write(tmp_dir)`` fill a folder beside ``path``, then swap it in for ``path``; return ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    old = path.with_name(f".{path.name}.old")
+    for p in (tmp, old):
+        if p.exists():
+            shutil.rmtree(p)
+    try:
+        write(tmp)
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+    finally:
+        for p in (tmp, old):
+            if p.exists():
+                shutil.rmtree(p)
+    return path
