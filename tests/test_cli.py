@@ -83,7 +83,9 @@ def test_presets_resolve_class_strings_and_counts(tmp_path):
     assert preset["n_timesteps"] == 50_000
     assert preset["policy_kwargs"]["activation_fn"] is torch.nn.Tanh
     assert preset["replay_buffer_class"] == "PrioritizedReplayBuffer"  # a registry name stays a name
-    assert presets.load_preset("rainbow", "Bar-v0", path=path) == {}
+    # a user's file without the environment (and without a default entry) is an error, not silent class defaults
+    with pytest.raises(ValueError, match=r"h.yml has no entry for Bar-v0 and no 'default' entry; it has: Foo-v0"):
+        presets.load_preset("rainbow", "Bar-v0", path=path)
 
 
 def test_linear_learning_rate_schedule_in_presets_and_overrides(tmp_path):
