@@ -44,7 +44,7 @@ def make_env(env_id: str, n_envs: int = 1, seed: int | None = None, frame_stack:
     ``env_wrapper`` (one or a list of wrapper factories) wraps each environment; an Atari id without wrappers gets
     SB3's Atari wrappers. ``normalize`` (True or VecNormalize's keyword arguments) adds a VecNormalize (``gamma``:
     the algorithm's discount; ``training=False`` freezes the statistics and leaves rewards as they are, for
-    evaluation); ``frame_stack`` adds a VecFrameStack.
+    evaluation), over the VecFrameStack that ``frame_stack`` adds.
     """
     from stable_baselines3.common.env_util import make_atari_env, make_vec_env
     from stable_baselines3.common.vec_env import VecFrameStack, VecNormalize
@@ -53,21 +53,23 @@ def make_env(env_id: str, n_envs: int = 1, seed: int | None = None, frame_stack:
     if is_atari(env_id) and not wrappers:
         env = make_atari_env(env_id, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs)
     else:
-        def wrap(env: gym.Env) -> gym.Env:
+        def make(**kwargs: Any) -> gym.Env:  # wrappers inside SB3's Monitor: it counts the episodes they shape
+            env = gym.make(env_id, **kwargs)
             for wrapper in wrappers:
                 env = wrapper(env)
             return env
 
-        env = make_vec_env(env_id, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs,
-                           wrapper_class=wrap if wrappers else None)
-    if normalize:
+        env = make_vec_env(make if wrappers else env_id, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs)
+    if frame_stack:
+        env = VecFrameStack(env, frame_stack)
+    if normalize:  # outermost: off-policy algorithms store its un-normalised observations, stacked like the rest
         kwargs: dict[str, Any] = dict(normalize) if isinstance(normalize, dict) else {}
         if gamma is not None:
             kwargs.setdefault("gamma", gamma)
         if not training:
             kwargs.update(training=False, norm_reward=False)
         env = VecNormalize(env, **kwargs)
-    return VecFrameStack(env, frame_stack) if frame_stack else env
+    return env
 
 
 def load_vec_normalize(env: Any, run_folder: Path) -> Any:
