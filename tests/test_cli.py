@@ -136,11 +136,15 @@ def test_train_then_evaluate_end_to_end(capsys, tmp_path):
 
     assert Rainbow.load(out_dir / "best_model.zip").num_timesteps == best_step
 
-    code, out, err = run_cli(capsys, "evaluate", str(out_dir / "model.zip"), "--env", "CartPole-v1",
-                             "--episodes", "3")
+    code, out, err = run_cli(capsys, "evaluate", str(out_dir / "model.zip"), "--episodes", "3")  # env: rlgen.json
     assert code == 0, err
     mean = float(out.split("mean return ")[1].split()[0])
     assert 1 <= mean <= 500
+
+    code, out, err = run_cli(capsys, "evaluate", str(out_dir / "model.zip"), "--env", "Acrobot-v1")
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert ("model.zip was trained on observation space Box(shape=(4,), float32), but Acrobot-v1 has "
+            "Box(shape=(6,), float32)") in err
 
 
 def test_train_without_seed_records_the_seed_it_drew_and_that_seed_repeats_the_run(capsys, tmp_path):
@@ -173,3 +177,41 @@ def test_threads_option_sets_torch_threads_and_rejects_negative(capsys, monkeypa
     assert calls == [1]
     code, _, err = run_cli(capsys, "train", "rainbow", "--env", "CartPole-v1", "--threads", "-1")
     assert code == 2 and "--threads must be >= 0, got -1" in err
+
+
+def test_output_folder_numbers_an_existing_run_as_rl_zoo3_does(tmp_path):
+    run = tmp_path / "rainbow-CartPole-v1"
+    assert rl_run.output_folder(run) == run  # new
+    run.mkdir()
+    assert rl_run.output_folder(run) == run  # empty
+    (run / "model.zip").write_text("old")
+    assert rl_run.output_folder(run) == tmp_path / "rainbow-CartPole-v1_1"
+    (tmp_path / "rainbow-CartPole-v1_1").mkdir()
+    (tmp_path / "rainbow-CartPole-v1_7").mkdir()
+    assert rl_run.output_folder(run) == tmp_path / "rainbow-CartPole-v1_8"
+    assert rl_run.output_folder(run, overwrite=True) == run
+
+
+def test_train_into_an_existing_run_writes_a_numbered_sibling_and_says_so_first(capsys, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.zip").write_text("the previous run")
+    code, out, err = run_cli(capsys, "train", "rainbow", "--env", "CartPole-v1", "--timesteps", "100", "--seed", "0",
+                             "--eval-freq", "100", "--eval-episodes", "1", "--output", str(run), "--no-progress",
+                             "-p", "torch_compile=false", *TINY)
+    assert code == 0, err
+    assert out.splitlines()[0] == f"training rainbow on CartPole-v1 for 100 steps (seed 0); writing to {run}_1"
+    assert (run / "model.zip").read_text() == "the previous run"
+    assert json.loads((tmp_path / "run_1" / "rlgen.json").read_text())["timesteps"] == 100
+    code, out, err = run_cli(capsys, "train", "rainbow", "--env", "CartPole-v1", "--timesteps", "100", "--seed", "0",
+                             "--eval-freq", "100", "--eval-episodes", "1", "--output", str(run), "--overwrite",
+                             "--no-progress", "-p", "torch_compile=false", *TINY)
+    assert code == 0, err
+    assert f"writing to {run}\n" in out and (run / "model.zip").read_bytes()[:2] == b"PK"  # a zip now
+
+
+def test_evaluate_without_env_or_run_record_names_the_option(capsys, tmp_path):
+    model = tmp_path / "model.zip"
+    model.write_bytes(b"PK")
+    code, _, err = run_cli(capsys, "evaluate", str(model), "--algo", "rainbow")
+    assert code == 2 and "cannot tell which environment" in err and "pass --env" in err
