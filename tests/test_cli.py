@@ -215,3 +215,12 @@ def test_evaluate_without_env_or_run_record_names_the_option(capsys, tmp_path):
     model.write_bytes(b"PK")
     code, _, err = run_cli(capsys, "evaluate", str(model), "--algo", "rainbow")
     assert code == 2 and "cannot tell which environment" in err and "pass --env" in err
+
+
+def test_shipped_preset_comments_are_short_and_describe_the_values():
+    from rlgen_plugins.rainbow.plugin import HYPERPARAMS
+
+    comments = [line.split("#", 1)[1] for line in (HYPERPARAMS / "rainbow.yml").read_text().splitlines() if "#" in line]
+    assert comments and all(len(c) <= 118 for c in comments)
+    diary = ("session", "tried", "instead of", "was slower", "previously", "no longer")
+    assert not [c for c in comments if any(word in c.lower() for word in diary)]
