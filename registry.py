@@ -65,8 +65,6 @@ ENTRY_POINT_GROUP = "rlgen"
 DISABLE_ENV_VAR = "RLGEN_DISABLE_PLUGINS"
 #: The project's own plugins: their presets are looked up before any other plugin's.
 BUILTIN_PLUGINS = ("rlgen-rainbow", "rlgen-diffusion")
-#: Commands the ``rlgen`` application defines itself; a plugin cannot take these names.
-CORE_COMMANDS = ("plugins", "train", "evaluate")
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
@@ -105,7 +103,8 @@ class RlgenHookSpecs:
     @hookspec
     def register_commands(self, subparsers: Any) -> None:
         """Add ``rlgen`` subcommands: ``subparsers`` is argparse's, so call ``subparsers.add_parser(name, ...)`` and
-        ``set_defaults(func=handler)``; ``handler(args)`` returns the exit status. Import nothing heavy here."""
+        ``set_defaults(func=handler)``; ``handler(args)`` returns the exit status. Import nothing heavy here.
+        Called by the application (``rlgen_plugins.cli.plugin_commands``) each time it builds its command line."""
 
 
 @dataclass(frozen=True)
@@ -318,6 +317,10 @@ class Registry:
                     if len(owners) < 2:
                         del self._conflicts[key]
 
+    def report_failure(self, plugin: str, what: str, exc: BaseException) -> None:
+        """Mark a plugin failed and warn (for hooks the application calls itself, e.g. ``register_commands``)."""
+        self._fail(self._plugins[plugin], what, exc)
+
     def _fail(self, info: PluginInfo, what: str, exc: BaseException) -> None:
         info.status = "failed"
         info.error = f"{type(exc).__name__}: {exc}"
@@ -465,69 +468,11 @@ class Registry:
             found = [p for p in self._presets if p.algo == algo]
         return sorted(found, key=lambda p: (p.plugin not in BUILTIN_PLUGINS, p.plugin))
 
-    def add_commands(self, subparsers: Any) -> dict[str, str]:
-        """Call every plugin's ``register_commands`` on argparse's ``subparsers``; return command -> plugin.
-
-        A hook that raises or takes a name already in use warns (:class:`PluginWarning`) and adds nothing.
-        """
-        with self._lock:
-            self.load()
-            owners = {name: PROJECT for name in subparsers.choices}
-            impls = sorted(self.plugin_manager.hook.register_commands.get_hookimpls(),
-                           key=lambda impl: (impl.plugin_name not in BUILTIN_PLUGINS, impl.plugin_name))
-            for impl in impls:
-                info = self._plugins.get(impl.plugin_name)
-                if info is None or info.status != "loaded":
-                    continue
-                guard = _CommandGuard(subparsers, owners, info.name)
-                try:
-                    impl.function(**({"subparsers": guard} if "subparsers" in impl.argnames else {}))
-                except Exception as exc:
-                    guard.undo()
-                    self._fail(info, "raised in its register_commands hook", exc)
-                    continue
-                for name in guard.added:
-                    owners[name] = info.name
-                if guard.added:
-                    info.provides["commands"] = list(guard.added)
-            return owners
-
     def owner(self, kind: str, name: str) -> str:
         """The plugin that registered a component (for attribution in messages)."""
         kind = _normalize_kind(kind)
         self.get(kind, name)
         return self._entries[kind][name].plugin
-
-
-class _CommandGuard:
-    """argparse's subparsers as one plugin sees them: a name already taken is an error naming its owner."""
-
-    def __init__(self, subparsers: Any, owners: dict[str, str], plugin: str) -> None:
-        self._subparsers = subparsers
-        self._owners = owners
-        self._plugin = plugin
-        self.added: list[str] = []
-
-    def add_parser(self, name: str, **kwargs: Any) -> Any:
-        for alias in (name, *kwargs.get("aliases", ())):
-            owner = self._owners.get(alias)
-            if owner is not None or alias in self.added:
-                owner = owner or self._plugin
-                raise ValueError(f"command {alias!r} is already provided by {owner!r}")
-        parser = self._subparsers.add_parser(name, **kwargs)
-        self.added.append(name)
-        return parser
-
-    def undo(self) -> None:
-        """Take back the commands this plugin added before its hook failed."""
-        for name in self.added:
-            self._subparsers._name_parser_map.pop(name, None)
-        self._subparsers._choices_actions[:] = [a for a in self._subparsers._choices_actions
-                                                 if a.dest not in self.added]
-        self.added.clear()
-
-    def __getattr__(self, attribute: str) -> Any:
-        return getattr(self._subparsers, attribute)
 
 
 _default: Registry | None = None

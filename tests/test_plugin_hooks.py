@@ -7,6 +7,7 @@ import pytest
 
 import registry
 from rlgen_plugins.cli import main, presets
+from rlgen_plugins.cli.plugin_commands import add_plugin_commands
 
 
 @pytest.fixture
@@ -103,7 +104,7 @@ def test_commands_hook_that_takes_a_name_or_raises_warns_and_adds_nothing():
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("train")
     with pytest.warns(registry.PluginWarning) as caught:
-        owners = reg.add_commands(sub)
+        owners = add_plugin_commands(sub, reg)
     messages = [str(w.message) for w in caught]
     assert any("plugin 'clash'" in m and "command 'train' is already provided by 'rlgen'" in m for m in messages)
     assert any("plugin 'raises'" in m and "RuntimeError: boom" in m for m in messages)

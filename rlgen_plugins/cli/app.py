@@ -12,6 +12,7 @@ from typing import Sequence
 
 import registry
 from rlgen_plugins.cli.errors import UsageError
+from rlgen_plugins.cli.plugin_commands import add_plugin_commands
 
 DESCRIPTION = """\
 rlgen: Rainbow DQN for Stable-Baselines3 and a hand-written DDPM for diffusers, extended by plugins.
@@ -140,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="auto", help="torch device (default auto)")
     evaluate.set_defaults(func=cmd_evaluate)
 
-    registry.default_registry().add_commands(sub)
+    add_plugin_commands(sub)
     return parser
 
 
