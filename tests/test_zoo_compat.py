@@ -74,17 +74,19 @@ def test_evaluated_strings_outside_the_grammar_are_errors_naming_key_and_file(te
 
 ZOO_STYLE = """
 default:
-  n_timesteps: !!float 4e2
+  n_timesteps: !!float 2e2
   policy: 'MlpPolicy'
   n_envs: 2
   frame_stack: 2
   normalize: "dict(norm_obs=True, norm_reward=False)"
+  env_kwargs: {max_episode_steps: 20}
   env_wrapper:
-    - gymnasium.wrappers.TimeLimit:
-        max_episode_steps: 20
+    - gymnasium.wrappers.TimeAwareObservation:
+        normalize_time: true
   callback:
-    - stable_baselines3.common.callbacks.StopTrainingOnMaxEpisodes:
-        max_episodes: 3
+    - stable_baselines3.common.callbacks.CheckpointCallback:
+        save_freq: 50
+        save_path: {checkpoints}
   learning_starts: 50
   buffer_size: !!float 1e3
   batch_size: 16
@@ -95,26 +97,28 @@ default:
 
 def test_zoo_default_entry_with_wrappers_callbacks_normalize_and_frame_stack(capsys, tmp_path):
     path = tmp_path / "rainbow.yml"
-    path.write_text(ZOO_STYLE)
+    path.write_text(ZOO_STYLE.replace("{checkpoints}", str(tmp_path / "checkpoints")))
     out_dir = tmp_path / "run"
     code = main(["train", "rainbow", "--env", "CartPole-v1", "--hyperparams", str(path), "--seed", "1",
-                 "--eval-freq", "40", "--eval-episodes", "2", "--output", str(out_dir), "--no-progress"])
+                 "--eval-freq", "100", "--eval-episodes", "2", "--output", str(out_dir), "--no-progress"])
     out, err = capsys.readouterr()
     assert code == 0, err
     from rlgen_plugins.rainbow.algorithm import Rainbow
 
     model = Rainbow.load(out_dir / "model.zip")
-    assert model.observation_space.shape == (8,)  # frame_stack 2 over CartPole's 4 numbers
-    assert model.n_envs == 2
+    assert model.observation_space.shape == (10,)  # CartPole's 4 numbers and the time, stacked twice
+    assert (model.n_envs, model.num_timesteps) == (2, 200)
     assert model.policy_kwargs["activation_fn"] is torch.nn.Tanh
-    # StopTrainingOnMaxEpisodes(max_episodes=3) per env, episodes cut at 20 steps by the TimeLimit wrapper
-    assert model.num_timesteps <= 2 * 3 * 20 < 400
+    # CheckpointCallback(save_freq=50) counts calls: 50 calls of 2 environments each
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["rl_model_100_steps.zip",
+                                                                            "rl_model_200_steps.zip"]
     assert (out_dir / "vecnormalize.pkl").is_file()
     info = json.loads((out_dir / "rlgen.json").read_text())
     assert info["env_options"]["normalize"] == {"norm_obs": True, "norm_reward": False}
-    [(wrapper, kwargs)] = [next(iter(spec.items())) for spec in info["env_wrapper"]]
-    assert wrapper.endswith("TimeLimit") and kwargs == {"max_episode_steps": 20}  # (rl_zoo3 patches TimeLimit)
-    code = main(["evaluate", str(out_dir / "model.zip"), "--episodes", "2"])  # env, wrappers, stats from the run
+    assert info["env_wrapper"] == [{"gymnasium.wrappers.stateful_observation:TimeAwareObservation":
+                                    {"normalize_time": True}}]
+    # the environment, its wrapper, its time limit and the normalisation statistics all come from the run folder
+    code = main(["evaluate", str(out_dir / "model.zip"), "--episodes", "2"])
     out, err = capsys.readouterr()
     assert code == 0, err
     assert 1 <= float(out.split("mean return ")[1].split()[0]) <= 20

@@ -41,8 +41,9 @@ def make_env(env_id: str, n_envs: int = 1, seed: int | None = None, frame_stack:
              normalize: bool | dict | None = None, gamma: float | None = None, training: bool = True):
     """A VecEnv for ``env_id`` built as rl-zoo3 builds it.
 
-    ``env_wrapper`` (one or a list of wrapper factories) wraps each environment; an Atari id without wrappers gets
-    SB3's Atari wrappers. ``normalize`` (True or VecNormalize's keyword arguments) adds a VecNormalize (``gamma``:
+    ``env_wrapper`` (one or a list of wrapper factories) wraps each environment over SB3's Monitor, so Monitor (and
+    evaluation) counts the episodes of the environment beneath; an Atari id without wrappers gets SB3's Atari
+    wrappers. ``normalize`` (True or VecNormalize's keyword arguments) adds a VecNormalize (``gamma``:
     the algorithm's discount; ``training=False`` freezes the statistics and leaves rewards as they are, for
     evaluation), over the VecFrameStack that ``frame_stack`` adds.
     """
@@ -53,13 +54,13 @@ def make_env(env_id: str, n_envs: int = 1, seed: int | None = None, frame_stack:
     if is_atari(env_id) and not wrappers:
         env = make_atari_env(env_id, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs)
     else:
-        def make(**kwargs: Any) -> gym.Env:  # wrappers inside SB3's Monitor: it counts the episodes they shape
-            env = gym.make(env_id, **kwargs)
+        def wrap(env: gym.Env) -> gym.Env:  # over SB3's Monitor, as rl-zoo3 applies them (AtariWrapper included)
             for wrapper in wrappers:
                 env = wrapper(env)
             return env
 
-        env = make_vec_env(make if wrappers else env_id, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs)
+        env = make_vec_env(env_id, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs,
+                           wrapper_class=wrap if wrappers else None)
     if frame_stack:
         env = VecFrameStack(env, frame_stack)
     if normalize:  # outermost: off-policy algorithms store its un-normalised observations, stacked like the rest
