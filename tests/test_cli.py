@@ -224,3 +224,22 @@ def test_shipped_preset_comments_are_short_and_describe_the_values():
     assert comments and all(len(c) <= 118 for c in comments)
     diary = ("session", "tried", "instead of", "was slower", "previously", "no longer")
     assert not [c for c in comments if any(word in c.lower() for word in diary)]
+
+
+def test_run_record_is_written_before_training_starts(tmp_path):
+    out_dir = tmp_path / "run"
+    seen: list[dict] = []
+
+    def echo(line: str) -> None:
+        if (out_dir / "rlgen.json").is_file():
+            seen.append(json.loads((out_dir / "rlgen.json").read_text()))
+
+    rl_run.train("rainbow", "CartPole-v1", timesteps=50, seed=2, output=out_dir, eval_freq=50, eval_episodes=1,
+                 progress_bar=False, overrides=presets.normalize_hyperparams(rl_run.parse_overrides(
+                     ["torch_compile=false", "learning_starts=10", "buffer_size=100"])), echo=echo)
+    [at_start] = seen  # echoed once, after the record was written: the start line
+    assert (at_start["status"], at_start["env"], at_start["total_timesteps"], at_start["seed"]) == \
+        ("running", "CartPole-v1", 50, 2)
+    at_end = json.loads((out_dir / "rlgen.json").read_text())
+    assert (at_end["status"], at_end["timesteps"]) == ("finished", 50)
+    assert at_end["hyperparams"] == at_start["hyperparams"]

@@ -217,6 +217,15 @@ def train(algo: str, env_id: str, *, timesteps: int | None = None, seed: int | N
     for name in RUN_FILES:
         (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
+    record = {  # rlgen.json, written now (status "running") and completed at the end, like rl-zoo3's config.yml
+        "algo": algo, "env": env_id, "seed": seed, "n_envs": n_envs, "total_timesteps": total,
+        "policy": policy if isinstance(policy, str) else f"{policy.__module__}:{policy.__qualname__}",
+        "env_options": {k: v for k, v in env_options.items() if k in ("frame_stack", "env_kwargs", "normalize")},
+        "env_wrapper": [factory_spec(w) for w in env_options.get("env_wrapper", [])],
+        "hyperparams": {k: v if isinstance(v, (int, float, str, bool, list, dict, type(None))) else repr(v)
+                        for k, v in hyperparams.items()},
+    }
+    write_json_atomically({**record, "status": "running"}, out / RUN_INFO_FILE)
     echo(f"training {algo} on {env_id} for {total} steps (seed {seed}); writing to {out}")
 
     on_new_best = SaveBestModel(out / "best_model.zip", target_reward)
@@ -250,12 +259,7 @@ def train(algo: str, env_id: str, *, timesteps: int | None = None, seed: int | N
         writer.writerows((t, f"{m:.4f}", f"{s:.4f}", len(r)) for t, m, s, r in zip(steps, means, stds, returns))
     plot_learning_curve(steps, means, stds, paths.curve_path, f"{algo} on {env_id}", threshold=target_reward)
     write_json_atomically({
-        "algo": algo, "env": env_id, "seed": seed, "n_envs": n_envs, "timesteps": paths.timesteps,
-        "policy": policy if isinstance(policy, str) else f"{policy.__module__}:{policy.__qualname__}",
-        "env_options": {k: v for k, v in env_options.items() if k in ("frame_stack", "env_kwargs", "normalize")},
-        "env_wrapper": [factory_spec(w) for w in env_options.get("env_wrapper", [])],
-        "hyperparams": {k: v if isinstance(v, (int, float, str, bool, list, dict, type(None))) else repr(v)
-                        for k, v in hyperparams.items()},
+        **record, "status": "interrupted" if interrupted else "finished", "timesteps": paths.timesteps,
         "last_mean_return": paths.last_mean_reward, "solved_at": solved_at, "interrupted": interrupted,
         "best_mean_return": max(means) if means else None, "best_model_timesteps": on_new_best.best_timesteps,
     }, paths.info_path)
