@@ -14,9 +14,12 @@ group of its distribution::
     def register_algorithms(register):
         register("my-dqn", "my_package.algo:MyDQN")   # an import path, resolved on first use
 
-Each hook receives a ``register(name, obj)`` callback. ``obj`` is the component itself or an import path
+Each component hook receives a ``register(name, obj)`` callback. ``obj`` is the component itself or an import path
 ``"module:attribute"`` that is imported and type-checked on the first :func:`get`, so listing plugins never
-imports torch or diffusers. Plugins load on first use; ``RLGEN_DISABLE_PLUGINS=a,b`` blocks plugins by name.
+imports torch or diffusers. ``register_presets(register)`` takes ``register(algo, source)`` (a YAML file in
+rl-zoo3's layout, or a mapping of environment ids to hyperparameters), and ``register_commands(subparsers)`` adds
+``rlgen`` subcommands to argparse's subparsers. Plugins load on first use; ``RLGEN_DISABLE_PLUGINS=a,b`` blocks
+plugins by name.
 """
 from __future__ import annotations
 
@@ -27,7 +30,8 @@ import os
 import threading
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
 
 import pluggy
 
@@ -39,6 +43,7 @@ __all__ = [
     "DuplicateComponentError",
     "PluginInfo",
     "PluginWarning",
+    "PresetSource",
     "Registry",
     "RegistryError",
     "UnknownComponentError",
@@ -49,6 +54,7 @@ __all__ = [
     "import_path",
     "names",
     "plugins",
+    "presets",
     "register_plugin",
     "reset",
     "unregister_plugin",
@@ -57,6 +63,8 @@ __all__ = [
 PROJECT = "rlgen"
 ENTRY_POINT_GROUP = "rlgen"
 DISABLE_ENV_VAR = "RLGEN_DISABLE_PLUGINS"
+#: The project's own plugins: their presets are looked up before any other plugin's.
+BUILTIN_PLUGINS = ("rlgen-rainbow", "rlgen-diffusion")
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
@@ -86,6 +94,17 @@ class RlgenHookSpecs:
     @hookspec
     def register_schedulers(self, register: Register) -> None:
         """Register noise scheduler classes: subclasses of ``diffusers.SchedulerMixin``."""
+
+    @hookspec
+    def register_presets(self, register: Register) -> None:
+        """Register hyperparameter presets: ``register(algo, source)`` with ``source`` a YAML file (rl-zoo3 layout:
+        environment id -> hyperparameters) or such a mapping. ``rlgen train`` reads the built-ins' first."""
+
+    @hookspec
+    def register_commands(self, subparsers: Any) -> None:
+        """Add ``rlgen`` subcommands: ``subparsers`` is argparse's, so call ``subparsers.add_parser(name, ...)`` and
+        ``set_defaults(func=handler)``; ``handler(args)`` returns the exit status. Import nothing heavy here.
+        Called by the application (``rlgen_plugins.cli.plugin_commands``) each time it builds its command line."""
 
 
 @dataclass(frozen=True)
@@ -152,6 +171,19 @@ class PluginInfo:
     provides: dict[str, list[str]] = field(default_factory=dict)
     status: str = "loaded"  # "loaded", "failed" or "disabled"
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class PresetSource:
+    """One plugin's presets for one algorithm: a YAML file or a mapping of environment ids to hyperparameters."""
+
+    algo: str
+    source: Path | Mapping[str, Any]
+    plugin: str
+
+    def describe(self) -> str:
+        where = str(self.source) if isinstance(self.source, Path) else "a mapping"
+        return f"plugin {self.plugin!r} ({where})"
 
 
 @dataclass
@@ -221,6 +253,7 @@ class Registry:
         self._group = entry_point_group
         self._entries: dict[str, dict[str, _Entry]] = {kind: {} for kind in KINDS}
         self._conflicts: dict[tuple[str, str], list[str]] = {}
+        self._presets: list[PresetSource] = []
         self._plugins: dict[str, PluginInfo] = {}
         self._loaded = False
         self._lock = threading.RLock()
@@ -277,11 +310,16 @@ class Registry:
             for kind, entries in self._entries.items():
                 for component in [n for n, e in entries.items() if e.plugin == name]:
                     del entries[component]
+            self._presets = [p for p in self._presets if p.plugin != name]
             for key, owners in list(self._conflicts.items()):
                 if name in owners:
                     owners.remove(name)
                     if len(owners) < 2:
                         del self._conflicts[key]
+
+    def report_failure(self, plugin: str, what: str, exc: BaseException) -> None:
+        """Mark a plugin failed and warn (for hooks the application calls itself, e.g. ``register_commands``)."""
+        self._fail(self._plugins[plugin], what, exc)
 
     def _fail(self, info: PluginInfo, what: str, exc: BaseException) -> None:
         info.status = "failed"
@@ -301,6 +339,35 @@ class Registry:
             for impl in caller.get_hookimpls():
                 if impl.plugin_name == info.name:
                     self._call_hook(kind, impl, info)
+        for impl in self.plugin_manager.hook.register_presets.get_hookimpls():
+            if impl.plugin_name == info.name:
+                self._call_presets_hook(impl, info)
+
+    def _call_presets_hook(self, impl: pluggy.HookImpl, info: PluginInfo) -> None:
+        """Run one plugin's ``register_presets``; commit its presets only if the hook completes."""
+        staged: list[PresetSource] = []
+
+        def register(algo: str, source: Any) -> None:
+            if not isinstance(algo, str) or not algo.strip():
+                raise ValueError(f"a preset's algorithm name must be a non-empty string, got {algo!r}")
+            if isinstance(source, (str, os.PathLike)):
+                source = Path(source)
+                if not source.is_file():
+                    raise FileNotFoundError(f"preset file {source} for {algo!r} does not exist")
+            elif not isinstance(source, Mapping):
+                raise TypeError(f"presets for {algo!r} must be a YAML file path or a mapping, got {source!r}")
+            if any(p.algo == algo for p in staged):
+                raise ValueError(f"presets for {algo!r} were registered twice by plugin {info.name!r}")
+            staged.append(PresetSource(algo, source, info.name))
+
+        try:
+            impl.function(**({"register": register} if "register" in impl.argnames else {}))
+        except Exception as exc:
+            self._fail(info, "raised in its register_presets hook", exc)
+            return
+        self._presets.extend(staged)
+        if staged:
+            info.provides.setdefault("presets", []).extend(p.algo for p in staged)
 
     def _call_hook(self, kind: Kind, impl: pluggy.HookImpl, info: PluginInfo) -> None:
         """Run one plugin's hook; commit its registrations only if the hook completes."""
@@ -371,8 +438,7 @@ class Registry:
         by_lower = {n.lower(): n for n in available}
         close = [by_lower[c] for c in difflib.get_close_matches(str(name).lower(), list(by_lower), n=3, cutoff=0.5)]
         message = f"unknown {KINDS[kind].singular} {name!r}"
-        if close:
-            message += f"; did you mean {' or '.join(repr(c) for c in close)}?"
+        message += f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else "."
         message += f" Available {kind}: {', '.join(available) if available else '(none registered)'}"
         return message
 
@@ -388,6 +454,19 @@ class Registry:
         with self._lock:
             self.load()
             return [self._plugins[name] for name in sorted(self._plugins)]
+
+    def check(self, kind: str, name: str) -> None:
+        """Raise :class:`UnknownComponentError` (listing the names) unless ``name`` is registered; imports nothing."""
+        kind = _normalize_kind(kind)
+        if name not in self.names(kind):
+            raise UnknownComponentError(self._unknown_message(kind, name))
+
+    def presets(self, algo: str) -> list[PresetSource]:
+        """Every plugin's presets for ``algo``: the built-in plugins' first, then the others by plugin name."""
+        with self._lock:
+            self.load()
+            found = [p for p in self._presets if p.algo == algo]
+        return sorted(found, key=lambda p: (p.plugin not in BUILTIN_PLUGINS, p.plugin))
 
     def owner(self, kind: str, name: str) -> str:
         """The plugin that registered a component (for attribution in messages)."""
@@ -429,6 +508,11 @@ def names(kind: str) -> list[str]:
 def plugins() -> list[PluginInfo]:
     """Every plugin with its distribution, version and what it registered."""
     return default_registry().plugins()
+
+
+def presets(algo: str) -> list[PresetSource]:
+    """The plugins' preset sources for ``algo``, built-ins first."""
+    return default_registry().presets(algo)
 
 
 def register_plugin(plugin: Any, name: str | None = None) -> PluginInfo:

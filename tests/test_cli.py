@@ -83,7 +83,9 @@ def test_presets_resolve_class_strings_and_counts(tmp_path):
     assert preset["n_timesteps"] == 50_000
     assert preset["policy_kwargs"]["activation_fn"] is torch.nn.Tanh
     assert preset["replay_buffer_class"] == "PrioritizedReplayBuffer"  # a registry name stays a name
-    assert presets.load_preset("rainbow", "Bar-v0", path=path) == {}
+    # a user's file without the environment (and without a default entry) is an error, not silent class defaults
+    with pytest.raises(ValueError, match=r"h.yml has no entry for Bar-v0 and no 'default' entry; it has: Foo-v0"):
+        presets.load_preset("rainbow", "Bar-v0", path=path)
 
 
 def test_linear_learning_rate_schedule_in_presets_and_overrides(tmp_path):
@@ -134,11 +136,15 @@ def test_train_then_evaluate_end_to_end(capsys, tmp_path):
 
     assert Rainbow.load(out_dir / "best_model.zip").num_timesteps == best_step
 
-    code, out, err = run_cli(capsys, "evaluate", str(out_dir / "model.zip"), "--env", "CartPole-v1",
-                             "--episodes", "3")
+    code, out, err = run_cli(capsys, "evaluate", str(out_dir / "model.zip"), "--episodes", "3")  # env: rlgen.json
     assert code == 0, err
     mean = float(out.split("mean return ")[1].split()[0])
     assert 1 <= mean <= 500
+
+    code, out, err = run_cli(capsys, "evaluate", str(out_dir / "model.zip"), "--env", "Acrobot-v1")
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert ("model.zip was trained on observation space Box(shape=(4,), float32), but Acrobot-v1 has "
+            "Box(shape=(6,), float32)") in err
 
 
 def test_train_without_seed_records_the_seed_it_drew_and_that_seed_repeats_the_run(capsys, tmp_path):
@@ -171,3 +177,69 @@ def test_threads_option_sets_torch_threads_and_rejects_negative(capsys, monkeypa
     assert calls == [1]
     code, _, err = run_cli(capsys, "train", "rainbow", "--env", "CartPole-v1", "--threads", "-1")
     assert code == 2 and "--threads must be >= 0, got -1" in err
+
+
+def test_output_folder_numbers_an_existing_run_as_rl_zoo3_does(tmp_path):
+    run = tmp_path / "rainbow-CartPole-v1"
+    assert rl_run.output_folder(run) == run  # new
+    run.mkdir()
+    assert rl_run.output_folder(run) == run  # empty
+    (run / "model.zip").write_text("old")
+    assert rl_run.output_folder(run) == tmp_path / "rainbow-CartPole-v1_1"
+    (tmp_path / "rainbow-CartPole-v1_1").mkdir()
+    (tmp_path / "rainbow-CartPole-v1_7").mkdir()
+    assert rl_run.output_folder(run) == tmp_path / "rainbow-CartPole-v1_8"
+    assert rl_run.output_folder(run, overwrite=True) == run
+
+
+def test_train_into_an_existing_run_writes_a_numbered_sibling_and_says_so_first(capsys, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.zip").write_text("the previous run")
+    code, out, err = run_cli(capsys, "train", "rainbow", "--env", "CartPole-v1", "--timesteps", "100", "--seed", "0",
+                             "--eval-freq", "100", "--eval-episodes", "1", "--output", str(run), "--no-progress",
+                             "-p", "torch_compile=false", *TINY)
+    assert code == 0, err
+    assert out.splitlines()[0] == f"training rainbow on CartPole-v1 for 100 steps (seed 0); writing to {run}_1"
+    assert (run / "model.zip").read_text() == "the previous run"
+    assert json.loads((tmp_path / "run_1" / "rlgen.json").read_text())["timesteps"] == 100
+    code, out, err = run_cli(capsys, "train", "rainbow", "--env", "CartPole-v1", "--timesteps", "100", "--seed", "0",
+                             "--eval-freq", "100", "--eval-episodes", "1", "--output", str(run), "--overwrite",
+                             "--no-progress", "-p", "torch_compile=false", *TINY)
+    assert code == 0, err
+    assert f"writing to {run}\n" in out and (run / "model.zip").read_bytes()[:2] == b"PK"  # a zip now
+
+
+def test_evaluate_without_env_or_run_record_names_the_option(capsys, tmp_path):
+    model = tmp_path / "model.zip"
+    model.write_bytes(b"PK")
+    code, _, err = run_cli(capsys, "evaluate", str(model), "--algo", "rainbow")
+    assert code == 2 and "cannot tell which environment" in err and "pass --env" in err
+
+
+def test_shipped_preset_comments_are_short_and_describe_the_values():
+    from rlgen_plugins.rainbow.plugin import HYPERPARAMS
+
+    comments = [line.split("#", 1)[1] for line in (HYPERPARAMS / "rainbow.yml").read_text().splitlines() if "#" in line]
+    assert comments and all(len(c) <= 118 for c in comments)
+    diary = ("session", "tried", "instead of", "was slower", "previously", "no longer")
+    assert not [c for c in comments if any(word in c.lower() for word in diary)]
+
+
+def test_run_record_is_written_before_training_starts(tmp_path):
+    out_dir = tmp_path / "run"
+    seen: list[dict] = []
+
+    def echo(line: str) -> None:
+        if (out_dir / "rlgen.json").is_file():
+            seen.append(json.loads((out_dir / "rlgen.json").read_text()))
+
+    rl_run.train("rainbow", "CartPole-v1", timesteps=50, seed=2, output=out_dir, eval_freq=50, eval_episodes=1,
+                 progress_bar=False, overrides=presets.normalize_hyperparams(rl_run.parse_overrides(
+                     ["torch_compile=false", "learning_starts=10", "buffer_size=100"])), echo=echo)
+    [at_start] = seen  # echoed once, after the record was written: the start line
+    assert (at_start["status"], at_start["env"], at_start["total_timesteps"], at_start["seed"]) == \
+        ("running", "CartPole-v1", 50, 2)
+    at_end = json.loads((out_dir / "rlgen.json").read_text())
+    assert (at_end["status"], at_end["timesteps"]) == ("finished", 50)
+    assert at_end["hyperparams"] == at_start["hyperparams"]

@@ -55,7 +55,8 @@ def test_builtins_are_found_through_their_own_entry_points():
     infos = {info.name: info for info in reg.plugins()}
     assert infos["rlgen-rainbow"].distribution == "rlgen"
     assert infos["rlgen-rainbow"].version
-    assert infos["rlgen-rainbow"].provides["algorithms"] == ["rainbow"]
+    assert infos["rlgen-rainbow"].provides["algorithms"] == ["rainbow", "dqn"]  # dqn: SB3's, rl-zoo3's name
+    assert infos["rlgen-rainbow"].provides["presets"] == ["rainbow"]
     assert "PrioritizedReplayBuffer" in infos["rlgen-rainbow"].provides["buffers"]
     assert infos["rlgen-diffusion"].provides["models"] == ["unet"]
     assert {"ddpm", "ddim", "dpm-solver++"} <= set(reg.names("schedulers"))
@@ -86,7 +87,7 @@ def test_unknown_name_lists_available_and_closest():
     message = str(info.value)
     assert isinstance(info.value, LookupError)
     assert "did you mean 'rainbow'" in message
-    assert "Available algorithms: rainbow" in message
+    assert "Available algorithms: dqn, rainbow" in message
 
 
 def test_same_name_from_two_plugins_names_both_and_leaves_the_rest_usable(site):

@@ -1,4 +1,5 @@
-"""The ``rlgen`` command: list plugins, train and evaluate agents, train and sample diffusion models.
+"""The ``rlgen`` command: list plugins, train and evaluate agents, and the commands plugins add (``rlgen diffusion``
+arrives through the ``rlgen-diffusion`` plugin's ``register_commands`` hook).
 
 Only argument parsing lives here, and nothing here imports torch: the work is imported inside each handler.
 """
@@ -10,8 +11,8 @@ import sys
 from typing import Sequence
 
 import registry
-from rlgen_plugins.ddpm.commands import add_diffusion_commands
 from rlgen_plugins.cli.errors import UsageError
+from rlgen_plugins.cli.plugin_commands import add_plugin_commands
 
 DESCRIPTION = """\
 rlgen: Rainbow DQN for Stable-Baselines3 and a hand-written DDPM for diffusers, extended by plugins.
@@ -20,7 +21,8 @@ examples:
   rlgen plugins                                   what is installed, and which plugin provides it
   rlgen train rainbow --env CartPole-v1           train with the shipped preset, evaluate, save into runs/
   rlgen train rainbow --env CartPole-v1 -p learning_rate=3e-4 --timesteps 30000 --output runs/lr3e-4
-  rlgen evaluate runs/rainbow-CartPole-v1/model.zip --env CartPole-v1 --episodes 20
+  rlgen evaluate runs/rainbow-CartPole-v1/model.zip --episodes 20
+  rlgen train dqn --env CartPole-v1 --hyperparams rl_zoo3/hyperparams/dqn.yml    an rl-zoo3 file, as it is
   rlgen diffusion train --steps 2000              train the U-Net on the bundled digits (offline)
 """
 
@@ -58,9 +60,13 @@ def cmd_train(args: argparse.Namespace) -> int:
             args.algo, args.env, timesteps=args.timesteps, seed=args.seed, n_envs=args.n_envs,
             hyperparams_file=args.hyperparams, overrides=rl_run.parse_overrides(args.param), output=output,
             eval_freq=args.eval_freq, eval_episodes=args.eval_episodes, target_reward=target,
-            progress_bar=not args.no_progress, verbose=args.verbose, device=args.device, threads=args.threads)
+            progress_bar=not args.no_progress, verbose=args.verbose, device=args.device, threads=args.threads,
+            overwrite=args.overwrite, echo=lambda line: print(line, flush=True))
+    except rl_run.TrainingInterrupted as exc:
+        print(f"interrupted: the model trained so far is in {exc.output / 'model.zip'}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
-        print(f"interrupted: the model trained so far is in {output}/model.zip", file=sys.stderr)
+        print("interrupted before training started", file=sys.stderr)
         return 130
     mean = "n/a" if result.last_mean_reward is None else f"{result.last_mean_reward:.1f}"
     print(f"trained {result.timesteps} steps (seed {result.seed}); last evaluation mean return {mean}")
@@ -95,19 +101,23 @@ def build_parser() -> argparse.ArgumentParser:
     plugins.set_defaults(func=cmd_plugins)
 
     train = sub.add_parser("train", help="train an RL algorithm on a gymnasium environment",
-                           description="Train ALGO on ENV with its shipped preset (rlgen_plugins/rainbow/hyperparams), "
-                                       "evaluating deterministically every --eval-freq steps. Writes model.zip, "
-                                       "best_model.zip, evaluations.csv, learning_curve.png and rlgen.json into "
-                                       "--output.")
+                           description="Train ALGO on ENV with the preset a plugin ships for it (see: rlgen "
+                                       "plugins), evaluating deterministically every --eval-freq steps. Writes "
+                                       "model.zip, best_model.zip, evaluations.csv, learning_curve.png and rlgen.json "
+                                       "into --output. --hyperparams also reads rl-zoo3's files (docs/cli.md).")
     train.add_argument("algo", metavar="ALGO", help="a registered algorithm, e.g. rainbow (see: rlgen plugins)")
     train.add_argument("--env", required=True, metavar="ENV_ID", help="gymnasium id, e.g. CartPole-v1")
     train.add_argument("--timesteps", type=int, help="environment steps (default: the preset's n_timesteps)")
     train.add_argument("--seed", type=int, help="random seed (default: a fresh one, printed and kept in rlgen.json)")
     train.add_argument("--n-envs", type=int, help="parallel environments (default: the preset's, else 1)")
-    train.add_argument("--hyperparams", metavar="FILE", help="YAML file of hyperparameters overriding the preset")
+    train.add_argument("--hyperparams", metavar="FILE",
+                       help="YAML file of hyperparameters overriding the preset (rlgen's or rl-zoo3's layout)")
     train.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
                        help="override one hyperparameter (YAML value), repeatable: -p learning_rate=1e-3")
-    train.add_argument("--output", metavar="DIR", help="output folder (default: runs/ALGO-ENV)")
+    train.add_argument("--output", metavar="DIR",
+                       help="output folder (default: runs/ALGO-ENV); one that holds files becomes DIR_1, DIR_2, ...")
+    train.add_argument("--overwrite", action="store_true",
+                       help="write into an existing --output folder, replacing the previous run's files")
     train.add_argument("--eval-freq", type=int, default=1000, help="evaluate every N steps (default 1000)")
     train.add_argument("--eval-episodes", type=int, default=10, help="episodes per evaluation (default 10)")
     stop = train.add_mutually_exclusive_group()
@@ -123,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser("evaluate", help="mean and std of a saved model's return")
     evaluate.add_argument("model", metavar="MODEL_ZIP", help="a model saved by rlgen train (or SB3's save)")
-    evaluate.add_argument("--env", required=True, metavar="ENV_ID", help="gymnasium id")
+    evaluate.add_argument("--env", metavar="ENV_ID", help="gymnasium id (default: read from rlgen.json beside it)")
     evaluate.add_argument("--episodes", type=int, default=10, help="episodes (default 10)")
     evaluate.add_argument("--algo", help="algorithm that saved it (default: read from rlgen.json beside it)")
     evaluate.add_argument("--seed", type=int, default=0, help="environment seed (default 0)")
@@ -131,18 +141,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="auto", help="torch device (default auto)")
     evaluate.set_defaults(func=cmd_evaluate)
 
-    add_diffusion_commands(sub)
+    add_plugin_commands(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rlgen`` console script; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
     try:
+        args = parser.parse_args(argv)  # an option's type (e.g. --scheduler) may raise UsageError
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
         return int(args.func(args) or 0)
     except UsageError as exc:
         print(f"rlgen: error: {exc}", file=sys.stderr)

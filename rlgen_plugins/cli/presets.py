@@ -1,39 +1,45 @@
 """Hyperparameter presets in rl-zoo3's YAML layout: one file per algorithm, one mapping per environment id.
 
-``rlgen_plugins/rainbow/hyperparams/<algo>.yml``::
+Plugins ship them through the ``register_presets`` hook (the built-in ``rlgen-rainbow`` ships
+``rlgen_plugins/rainbow/hyperparams/rainbow.yml``)::
 
     CartPole-v1:
       n_timesteps: 20000        # read by the command, not passed to the algorithm
       policy: MlpPolicy
       learning_rate: 0.001      # or rl-zoo3's linear decay to 0: lin_0.001
-      policy_kwargs: {net_arch: [128], n_atoms: 51}
-      # classes are written as "module:attribute" and imported on load:
+      policy_kwargs: {net_arch: [128], n_atoms: 51}   # or rl-zoo3's string "dict(net_arch=[128], n_atoms=51)"
+      # classes are written as "module:attribute" (or rl-zoo3's dotted "module.Class") and imported on load:
       # features_extractor_class: "policies:MinAtarCNN"
 
-The keys in :data:`RUN_KEYS` describe the run (length, environment construction); every other key is a constructor
-argument of the algorithm.
+An environment without its own entry gets the file's ``atari`` entry (Atari ids) or its ``default`` entry, as in
+rl-zoo3. The keys in :data:`RUN_KEYS` describe the run (length, environment construction, callbacks); every other
+key is a constructor argument of the algorithm. See docs/cli.md for what rl-zoo3 files may contain.
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 import yaml
 
+import registry
 from registry import import_path
+from rlgen_plugins.cli.zoo_strings import EVALUATED_KEYS, evaluate_string
 
 if TYPE_CHECKING:
     from stable_baselines3.common.utils import LinearSchedule
 
-PRESET_DIR = Path(__file__).resolve().parents[1] / "rainbow" / "hyperparams"
-
 #: Keys of a preset that configure the run rather than the algorithm.
-RUN_KEYS = ("n_timesteps", "policy", "n_envs", "frame_stack", "env_wrapper", "env_kwargs")
+RUN_KEYS = ("n_timesteps", "policy", "n_envs", "frame_stack", "env_wrapper", "env_kwargs", "normalize", "callback")
+#: Counts that YAML files often write as floats (``!!float 1e5``).
+COUNT_KEYS = ("n_timesteps", "n_envs", "frame_stack", "buffer_size", "learning_starts", "batch_size")
+#: Keys that may be written as rl-zoo3's linear schedule ``lin_<start>`` (decays linearly to 0 over training).
+SCHEDULE_KEYS = ("learning_rate",)
 
 
-def preset_file(algo: str) -> Path:
-    """Where the shipped presets of ``algo`` live (the file may not exist)."""
-    return PRESET_DIR / f"{algo}.yml"
+def is_atari(env_id: str) -> bool:
+    return env_id.startswith("ALE/") or "NoFrameskip" in env_id
 
 
 def read_presets(path: str | Path) -> dict[str, dict[str, Any]]:
@@ -48,33 +54,57 @@ def read_presets(path: str | Path) -> dict[str, dict[str, Any]]:
     return data
 
 
+def _entries(source: Path | Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    return read_presets(source) if isinstance(source, Path) else {k: dict(v) for k, v in source.items()}
+
+
+def _pick(entries: dict[str, dict[str, Any]], env_id: str) -> str | None:
+    """The entry for ``env_id``: its own, else ``atari`` for Atari ids, else ``default`` (rl-zoo3's order)."""
+    for key in (env_id, "atari" if is_atari(env_id) else None, "default"):
+        if key is not None and key in entries:
+            return key
+    return None
+
+
+def find_preset(algo: str, env_id: str) -> tuple[dict[str, Any], str | None]:
+    """The raw preset of ``algo`` for ``env_id`` from the plugins (built-ins first) and where it came from.
+
+    An environment's own entry in any plugin wins over an ``atari``/``default`` entry. ``({}, None)`` when none has one.
+    """
+    sources = [(s, _entries(s.source)) for s in registry.presets(algo)]
+    for exact in (True, False):
+        for source, entries in sources:
+            key = env_id if env_id in entries else None if exact else _pick(entries, env_id)
+            if key is not None:
+                return dict(entries[key]), f"{key!r} from {source.describe()}"
+    return {}, None
+
+
 def available_presets(algo: str) -> list[str]:
-    """The environment ids that ``algo`` ships presets for."""
-    path = preset_file(algo)
-    return sorted(read_presets(path)) if path.exists() else []
+    """The environment ids that the plugins ship presets of ``algo`` for."""
+    return sorted({env for source in registry.presets(algo) for env in _entries(source.source)})
 
 
 def load_preset(algo: str, env_id: str, path: str | Path | None = None) -> dict[str, Any]:
-    """The preset of ``algo`` for ``env_id`` with class strings imported; ``{}`` when there is none.
+    """The preset of ``algo`` for ``env_id`` with strings read and classes imported; ``{}`` when no plugin has one.
 
-    ``path`` overrides the shipped file. A file that holds a single flat mapping (no environment ids) applies to
-    every environment.
+    ``path`` reads a user's file instead: its entry for ``env_id`` (or ``atari``/``default``), or, for a file holding
+    one flat mapping, that mapping. A file with neither is an error naming the environments it has.
     """
-    source = Path(path) if path is not None else preset_file(algo)
-    if not source.exists():
-        if path is not None:
-            raise FileNotFoundError(f"hyperparameter file {source} does not exist")
-        return {}
+    if path is None:
+        return normalize_hyperparams(find_preset(algo, env_id)[0])
+    source = Path(path)
+    if not source.is_file():
+        raise FileNotFoundError(f"hyperparameter file {source} does not exist")
     raw = yaml.safe_load(source.read_text()) or {}
     if isinstance(raw, dict) and raw and not all(isinstance(v, dict) for v in raw.values()):
-        preset = dict(raw)  # a flat mapping for any environment
-    else:
-        preset = dict(read_presets(source).get(env_id, {}))
-    return normalize_hyperparams(preset)
-
-
-#: Keys that may be written as rl-zoo3's linear schedule ``lin_<start>`` (decays linearly to 0 over training).
-SCHEDULE_KEYS = ("learning_rate",)
+        return normalize_hyperparams(dict(raw), source)  # a flat mapping for any environment
+    entries = read_presets(source)
+    key = _pick(entries, env_id)
+    if key is None:
+        raise ValueError(f"hyperparameter file {source} has no entry for {env_id} and no 'default' entry; "
+                         f"it has: {', '.join(entries) or '(nothing)'}")
+    return normalize_hyperparams(entries[key], source)
 
 
 def linear_schedule(text: str, key: str = "learning_rate") -> LinearSchedule:
@@ -90,16 +120,26 @@ def linear_schedule(text: str, key: str = "learning_rate") -> LinearSchedule:
     return LinearSchedule(start, 0.0, 1.0)
 
 
-def normalize_hyperparams(hyperparams: dict[str, Any]) -> dict[str, Any]:
-    """Coerce counts written as floats (``5e4``) to int, read ``lin_<start>`` schedules and import
-    "module:attribute" class strings."""
-    result = resolve_classes(hyperparams)
-    for key in ("n_timesteps", "n_envs", "frame_stack"):
-        if key in result:
+def normalize_hyperparams(hyperparams: dict[str, Any], source: str | Path | None = None) -> dict[str, Any]:
+    """Read a preset as rl-zoo3 does: evaluate ``dict(...)`` strings (restricted), coerce counts written as floats,
+    read ``lin_<start>`` schedules, import class strings, wrapper and callback paths; ``source`` names the file in
+    error messages."""
+    result = dict(hyperparams)
+    for key in EVALUATED_KEYS:
+        if isinstance(result.get(key), str):
+            result[key] = evaluate_string(result[key], key, source)
+    result = resolve_classes(result)
+    for key in COUNT_KEYS:
+        if isinstance(result.get(key), (int, float, str)) and not isinstance(result[key], bool):
             result[key] = int(float(result[key]))
     for key in SCHEDULE_KEYS:
         if isinstance(result.get(key), str) and result[key].startswith("lin_"):
             result[key] = linear_schedule(result[key], key)
+    if isinstance(result.get("train_freq"), list):
+        result["train_freq"] = tuple(result["train_freq"])
+    for key in ("env_wrapper", "callback"):
+        if key in result:
+            result[key] = class_factories(result[key], key, source)
     return result
 
 
@@ -108,11 +148,44 @@ def _is_class_key(key: str) -> bool:
 
 
 def resolve_classes(value: Any, key: str = "") -> Any:
-    """Recursively import the class-valued strings (``*_class`` keys and ``activation_fn``) of a mapping."""
+    """Recursively import the class-valued ``"module:attribute"`` strings (``*_class`` keys, ``activation_fn``)."""
     if isinstance(value, dict):
         return {k: resolve_classes(v, k) for k, v in value.items()}
-    if isinstance(value, list) and key == "env_wrapper":
-        return [resolve_classes(v, "env_wrapper_class") for v in value]
-    if isinstance(value, str) and (_is_class_key(key) or key == "env_wrapper") and ":" in value:
+    if isinstance(value, str) and _is_class_key(key) and ":" in value:
         return import_path(value)
     return value
+
+
+def import_dotted(path: str) -> Any:
+    """``"package.module:Attribute"`` or rl-zoo3's ``"package.module.Attribute"``, imported."""
+    if ":" in path:
+        return import_path(path)
+    module, _, attribute = path.rpartition(".")
+    if not module:
+        raise ValueError(f"{path!r} is not an import path; write package.module.Class")
+    return import_path(f"{module}:{attribute}")
+
+
+def class_factories(value: Any, key: str, source: str | Path | None = None) -> list[Any]:
+    """rl-zoo3's ``env_wrapper`` / ``callback`` forms (a path, a ``{path: kwargs}`` mapping, or a list of either)
+    as a list of callables: a class, or the class with its keyword arguments bound."""
+    where = f" in {source}" if source else ""
+    if value is None:
+        return []
+    factories = []
+    for item in value if isinstance(value, list) else [value]:
+        kwargs: dict[str, Any] = {}
+        if isinstance(item, dict):
+            if len(item) != 1:
+                raise ValueError(f"{key}{where}: {item!r} must be one 'path: {{keyword: value}}' mapping per item")
+            item, kwargs = next(iter(item.items()))
+            kwargs = dict(kwargs or {})
+        if isinstance(item, str):
+            try:
+                item = import_dotted(item)
+            except (ImportError, AttributeError, ValueError) as exc:
+                raise ValueError(f"{key}{where}: cannot import {item!r} ({type(exc).__name__}: {exc})") from None
+        if not callable(item):
+            raise ValueError(f"{key}{where}: {item!r} is not a class or import path")
+        factories.append(functools.partial(item, **kwargs) if kwargs else item)
+    return factories

@@ -6,22 +6,32 @@ from __future__ import annotations
 
 import csv
 import difflib
+import functools
+import glob
 import inspect
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
-import gymnasium as gym
 import numpy as np
 import yaml
 
 import registry
 from rlgen_plugins.cli.errors import UsageError
+from rlgen_plugins.cli.envs import (VEC_NORMALIZE_FILE, check_env_id, check_spaces, default_policy,
+                                    load_vec_normalize, make_env)
 from rlgen_plugins.cli.files import save_atomically, write_text_atomically
-from rlgen_plugins.cli.presets import RUN_KEYS, load_preset, normalize_hyperparams
+from rlgen_plugins.cli.presets import RUN_KEYS, class_factories, find_preset, load_preset, normalize_hyperparams
+
+__all__ = ["TrainResult", "TrainingInterrupted", "check_env_id", "default_policy", "evaluate", "make_env",
+           "output_folder", "parse_overrides", "train"]
 
 RUN_INFO_FILE = "rlgen.json"
+#: What ``rlgen train`` writes into a run folder (``--overwrite`` removes these first).
+RUN_FILES = ("model.zip", "best_model.zip", "evaluations.csv", "evaluations.npz", "learning_curve.png",
+             RUN_INFO_FILE, VEC_NORMALIZE_FILE)
 
 
 @dataclass
@@ -39,26 +49,25 @@ class TrainResult:
     seed: int  # the one given, or the one drawn when none was
 
 
-def check_env_id(env_id: str) -> None:
-    """Fail with a one-line message and close matches when gymnasium does not know ``env_id``."""
-    if env_id.startswith("ALE/") or "NoFrameskip" in env_id:
-        try:
-            import ale_py  # noqa: F401  (registers the Atari environments)
-        except ImportError:
-            raise UsageError(f"environment {env_id!r} needs ale-py: pip install 'rlgen[atari]'") from None
-    if env_id.startswith("MinAtar/") and env_id not in gym.registry:
-        try:
-            from minatar.gym import register_envs  # gymnasium >= 1.0 no longer loads MinAtar's entry point
-        except ImportError:
-            raise UsageError(f"environment {env_id!r} needs MinAtar: pip install 'rlgen[minatar]'") from None
-        register_envs()
-    try:
-        gym.spec(env_id)
-    except gym.error.Error:
-        known = list(gym.registry)
-        close = difflib.get_close_matches(env_id, known, n=3, cutoff=0.6)
-        hint = f"; did you mean {' or '.join(close)}?" if close else "; see gymnasium.pprint_registry() for the list"
-        raise UsageError(f"unknown environment {env_id!r}{hint}") from None
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during ``train``: the model trained so far was saved into ``output``."""
+
+    def __init__(self, output: Path) -> None:
+        super().__init__(str(output))
+        self.output = output
+
+
+def output_folder(path: str | Path, overwrite: bool = False) -> Path:
+    """Where a run writes: ``path`` if it is new or empty (or ``overwrite``), else the first free numbered
+    sibling ``path_1``, ``path_2``, ... (rl-zoo3 numbers its runs the same way)."""
+    path = Path(path)
+    if overwrite or not path.exists() or (path.is_dir() and not any(path.iterdir())):
+        if path.exists() and not path.is_dir():
+            raise UsageError(f"--output {path} is a file, not a folder")
+        return path
+    taken = [int(m.group(1)) for p in path.parent.glob(f"{glob.escape(path.name)}_*")
+             if (m := re.fullmatch(re.escape(path.name) + r"_(\d+)", p.name))]
+    return path.with_name(f"{path.name}_{max(taken, default=0) + 1}")
 
 
 def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
@@ -117,34 +126,10 @@ def set_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
-def make_env(env_id: str, n_envs: int = 1, seed: int | None = None, frame_stack: int | None = None,
-             env_wrapper: Any = None, env_kwargs: dict | None = None):
-    """A VecEnv for ``env_id``: Atari ids get SB3's Atari wrappers, ``frame_stack`` a VecFrameStack."""
-    from stable_baselines3.common.env_util import make_atari_env, make_vec_env
-    from stable_baselines3.common.vec_env import VecFrameStack
-
-    if env_id.startswith("ALE/") or "NoFrameskip" in env_id:
-        env = make_atari_env(env_id, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs)
-    else:
-        wrappers = env_wrapper if isinstance(env_wrapper, list) else [env_wrapper] if env_wrapper else []
-
-        def wrap(env: gym.Env) -> gym.Env:
-            for wrapper in wrappers:
-                env = wrapper(env)
-            return env
-
-        env = make_vec_env(env_id, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs,
-                           wrapper_class=wrap if wrappers else None)
-    return VecFrameStack(env, frame_stack) if frame_stack else env
-
-
-def default_policy(observation_space: gym.Space) -> str:
-    """``MultiInputPolicy`` for Dict observations, ``CnnPolicy`` for images, ``MlpPolicy`` otherwise."""
-    from stable_baselines3.common.preprocessing import is_image_space
-
-    if isinstance(observation_space, gym.spaces.Dict):
-        return "MultiInputPolicy"
-    return "CnnPolicy" if is_image_space(observation_space) else "MlpPolicy"
+def factory_spec(factory: Any) -> dict[str, dict[str, Any]]:
+    """A wrapper factory as rl-zoo3's ``{import path: keyword arguments}``, for rlgen.json."""
+    func, kwargs = (factory.func, dict(factory.keywords)) if isinstance(factory, functools.partial) else (factory, {})
+    return {f"{func.__module__}:{func.__qualname__}": kwargs}
 
 
 def write_json_atomically(data: dict, path: Path) -> None:
@@ -181,11 +166,13 @@ def train(algo: str, env_id: str, *, timesteps: int | None = None, seed: int | N
           n_envs: int | None = None, hyperparams_file: str | None = None, overrides: dict[str, Any] | None = None,
           output: str | Path = "runs", eval_freq: int = 1000, eval_episodes: int = 10,
           target_reward: float | None = None, progress_bar: bool = True, verbose: int = 0,
-          device: str = "auto", threads: int = 1) -> TrainResult:
+          device: str = "auto", threads: int = 1, overwrite: bool = False,
+          echo: Callable[[str], None] = print) -> TrainResult:
     """Train ``algo`` on ``env_id`` with periodic deterministic evaluation; save model, log and curve.
 
+    ``output`` that already holds files becomes its first free numbered sibling (``runs/x_1``) unless ``overwrite``.
     ``threads`` sets torch's CPU threads (0 keeps torch's default): small policies run fastest on one thread,
-    and more threads than free cores slow every step down.
+    and more threads than free cores slow every step down. ``echo`` gets the lines said before training starts.
     """
     from stable_baselines3.common.callbacks import EvalCallback
 
@@ -203,23 +190,43 @@ def train(algo: str, env_id: str, *, timesteps: int | None = None, seed: int | N
     hyperparams.pop("n_timesteps", None)
     n_envs = int(n_envs or hyperparams.pop("n_envs", 1))
     hyperparams.pop("n_envs", None)
-    env_options = {k: hyperparams.pop(k) for k in ("frame_stack", "env_wrapper", "env_kwargs") if k in hyperparams}
+    env_options = {k: hyperparams.pop(k) for k in ("frame_stack", "env_wrapper", "env_kwargs", "normalize")
+                   if k in hyperparams}
+    callback_factories = hyperparams.pop("callback", [])
     if total < 1 or n_envs < 1:
         raise UsageError("--timesteps and --n-envs must be positive")
+    origin = find_preset(algo, env_id)[1]
+    if origin is None and not hyperparams_file:
+        echo(f"no preset for {algo} on {env_id} (rlgen plugins lists the presets): running on "
+             f"{algo_cls.__name__}'s class defaults for {total} steps")
 
     if seed is None:  # as rl-zoo3: draw one and record it, so every run can be repeated
         seed = int(np.random.SeedSequence().entropy % 2**31)
-    env = make_env(env_id, n_envs=n_envs, seed=seed, **env_options)
-    eval_env = make_env(env_id, n_envs=1, seed=seed + 10_000, **env_options)
+    gamma = hyperparams.get("gamma")
+    env = make_env(env_id, n_envs=n_envs, seed=seed, gamma=gamma, **env_options)
+    eval_env = make_env(env_id, n_envs=1, seed=seed + 10_000, gamma=gamma, training=False, **env_options)
     policy = hyperparams.pop("policy", None) or default_policy(env.observation_space)
     try:
         model = algo_cls(policy, env, seed=seed, verbose=verbose, device=device, **hyperparams)
+        extra_callbacks = [factory() for factory in callback_factories]
     except (ValueError, KeyError, TypeError) as exc:
         env.close()
         eval_env.close()
         raise UsageError(f"{algo}: {exc}") from None
-    out = Path(output)
+    out = output_folder(output, overwrite)
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
+    record = {  # rlgen.json, written now (status "running") and completed at the end, like rl-zoo3's config.yml
+        "algo": algo, "env": env_id, "seed": seed, "n_envs": n_envs, "total_timesteps": total,
+        "policy": policy if isinstance(policy, str) else f"{policy.__module__}:{policy.__qualname__}",
+        "env_options": {k: v for k, v in env_options.items() if k in ("frame_stack", "env_kwargs", "normalize")},
+        "env_wrapper": [factory_spec(w) for w in env_options.get("env_wrapper", [])],
+        "hyperparams": {k: v if isinstance(v, (int, float, str, bool, list, dict, type(None))) else repr(v)
+                        for k, v in hyperparams.items()},
+    }
+    write_json_atomically({**record, "status": "running"}, out / RUN_INFO_FILE)
+    echo(f"training {algo} on {env_id} for {total} steps (seed {seed}); writing to {out}")
 
     on_new_best = SaveBestModel(out / "best_model.zip", target_reward)
     # EvalCallback records its results only when given a log_path (it also writes evaluations.npz there)
@@ -227,7 +234,7 @@ def train(algo: str, env_id: str, *, timesteps: int | None = None, seed: int | N
                              deterministic=True, callback_on_new_best=on_new_best, log_path=str(out), verbose=0)
     interrupted = False
     try:
-        model.learn(total_timesteps=total, callback=evaluator, progress_bar=progress_bar)
+        model.learn(total_timesteps=total, callback=[evaluator, *extra_callbacks], progress_bar=progress_bar)
     except KeyboardInterrupt:
         interrupted = True  # keep what was learned: save below, then report the interruption
     finally:
@@ -244,28 +251,30 @@ def train(algo: str, env_id: str, *, timesteps: int | None = None, seed: int | N
     paths = TrainResult(out / "model.zip", best_path, out / "evaluations.csv", out / "learning_curve.png",
                         out / RUN_INFO_FILE, int(model.num_timesteps), means[-1] if means else None, solved_at, seed)
     save_atomically(model, paths.model_path)
+    if model.get_vec_normalize_env() is not None:
+        model.get_vec_normalize_env().save(str(out / VEC_NORMALIZE_FILE))
     with open(paths.evaluations_path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["timesteps", "mean_return", "std_return", "episodes"])
         writer.writerows((t, f"{m:.4f}", f"{s:.4f}", len(r)) for t, m, s, r in zip(steps, means, stds, returns))
     plot_learning_curve(steps, means, stds, paths.curve_path, f"{algo} on {env_id}", threshold=target_reward)
     write_json_atomically({
-        "algo": algo, "env": env_id, "seed": seed, "n_envs": n_envs, "timesteps": paths.timesteps,
-        "policy": policy if isinstance(policy, str) else f"{policy.__module__}:{policy.__qualname__}",
-        "env_options": {k: v for k, v in env_options.items() if k in ("frame_stack", "env_kwargs")},
-        "hyperparams": {k: v if isinstance(v, (int, float, str, bool, list, dict, type(None))) else repr(v)
-                        for k, v in hyperparams.items()},
+        **record, "status": "interrupted" if interrupted else "finished", "timesteps": paths.timesteps,
         "last_mean_return": paths.last_mean_reward, "solved_at": solved_at, "interrupted": interrupted,
         "best_mean_return": max(means) if means else None, "best_model_timesteps": on_new_best.best_timesteps,
     }, paths.info_path)
     if interrupted:
-        raise KeyboardInterrupt
+        raise TrainingInterrupted(out)
     return paths
 
 
-def evaluate(model_path: str | Path, env_id: str, *, episodes: int = 10, algo: str | None = None,
+def evaluate(model_path: str | Path, env_id: str | None = None, *, episodes: int = 10, algo: str | None = None,
              seed: int | None = 0, deterministic: bool = True, device: str = "auto") -> tuple[float, float]:
-    """Mean and std of the undiscounted return of a saved model over ``episodes`` episodes."""
+    """Mean and std of the undiscounted return of a saved model over ``episodes`` episodes.
+
+    ``env_id`` and ``algo`` default to the ones in the ``rlgen.json`` beside the model; an environment whose
+    spaces differ from the model's is a usage error.
+    """
     from stable_baselines3.common.evaluation import evaluate_policy
 
     path = Path(model_path)
@@ -276,6 +285,10 @@ def evaluate(model_path: str | Path, env_id: str, *, episodes: int = 10, algo: s
     algo = algo or info.get("algo")
     if algo is None:
         raise UsageError(f"cannot tell which algorithm saved {path} (no {RUN_INFO_FILE} beside it); pass --algo")
+    env_id = env_id or info.get("env")
+    if env_id is None:
+        raise UsageError(f"cannot tell which environment {path} was trained on (no {RUN_INFO_FILE} beside it); "
+                         f"pass --env")
     if episodes < 1:
         raise UsageError("--episodes must be at least 1")
     try:
@@ -283,9 +296,16 @@ def evaluate(model_path: str | Path, env_id: str, *, episodes: int = 10, algo: s
     except registry.UnknownComponentError as exc:
         raise UsageError(str(exc)) from None
     check_env_id(env_id)
-    env = make_env(env_id, n_envs=1, seed=seed, **info.get("env_options", {}))
+    options = {k: v for k, v in info.get("env_options", {}).items() if k in ("frame_stack", "env_kwargs")}
     try:
+        wrappers = class_factories(info.get("env_wrapper"), "env_wrapper", info_path)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    env = make_env(env_id, n_envs=1, seed=seed, env_wrapper=wrappers, **options)
+    try:
+        env = load_vec_normalize(env, path.parent) if info.get("env_options", {}).get("normalize") else env
         model = algo_cls.load(path, device=device)
+        check_spaces(model, env, path, env_id)
         mean, std = evaluate_policy(model, env, n_eval_episodes=episodes, deterministic=deterministic)
     finally:
         env.close()

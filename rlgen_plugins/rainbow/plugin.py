@@ -1,13 +1,19 @@
-"""Built-in plugin ``rlgen-rainbow``: the Rainbow algorithm, its policies and the prioritised replay buffers.
+"""Built-in plugin ``rlgen-rainbow``: the Rainbow algorithm, its policies, the prioritised replay buffers and
+presets, and SB3's own DQN under rl-zoo3's name ``dqn`` (so rl-zoo3's ``dqn.yml`` trains as rl-zoo3 trains it).
 
 Components are registered as import paths, so listing them never imports torch.
 """
+from pathlib import Path
+
 from registry import Register, hookimpl
+
+HYPERPARAMS = Path(__file__).resolve().parent / "hyperparams"
 
 
 @hookimpl
 def register_algorithms(register: Register) -> None:
     register("rainbow", "rlgen_plugins.rainbow.algorithm:Rainbow")
+    register("dqn", "stable_baselines3:DQN")
 
 
 @hookimpl
@@ -21,3 +27,8 @@ def register_policies(register: Register) -> None:
 def register_buffers(register: Register) -> None:
     register("PrioritizedReplayBuffer", "buffers:PrioritizedReplayBuffer")
     register("DictPrioritizedReplayBuffer", "buffers:DictPrioritizedReplayBuffer")
+
+
+@hookimpl
+def register_presets(register: Register) -> None:
+    register("rainbow", HYPERPARAMS / "rainbow.yml")

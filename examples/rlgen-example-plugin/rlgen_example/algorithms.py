@@ -4,9 +4,10 @@ from __future__ import annotations
 from typing import Any
 
 from policies import RainbowPolicy
+from rlgen_example.plugin import PLAIN_DQN_SETTINGS
 from rlgen_plugins import Rainbow
 
-PLAIN_POLICY_KWARGS = {"dueling": False, "noisy": False, "n_atoms": 1}
+PLAIN_POLICY_KWARGS = PLAIN_DQN_SETTINGS["policy_kwargs"]
 
 
 class PlainQPolicy(RainbowPolicy):
@@ -20,8 +21,7 @@ class PlainDQN(Rainbow):
     """Rainbow with double Q, prioritised replay and n-step returns off, and a plain Q head."""
 
     def __init__(self, policy: Any, env: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("double_q", False)
-        kwargs.setdefault("prioritized_replay", False)
-        kwargs.setdefault("n_steps", 1)
+        for key in ("double_q", "prioritized_replay", "n_steps"):
+            kwargs.setdefault(key, PLAIN_DQN_SETTINGS[key])
         kwargs["policy_kwargs"] = {**PLAIN_POLICY_KWARGS, **(kwargs.get("policy_kwargs") or {})}
         super().__init__(policy, env, **kwargs)

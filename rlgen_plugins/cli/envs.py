@@ -1,0 +1,117 @@
+"""Environments of ``rlgen train`` / ``rlgen evaluate``: id checks, VecEnv construction as rl-zoo3 does it, and the
+check that a saved model fits an environment."""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import gymnasium as gym
+
+from rlgen_plugins.cli.errors import UsageError
+from rlgen_plugins.cli.presets import is_atari
+
+VEC_NORMALIZE_FILE = "vecnormalize.pkl"
+
+
+def check_env_id(env_id: str) -> None:
+    """Fail with a one-line message and close matches when gymnasium does not know ``env_id``."""
+    if is_atari(env_id):
+        try:
+            import ale_py  # noqa: F401  (registers the Atari environments)
+        except ImportError:
+            raise UsageError(f"environment {env_id!r} needs ale-py: pip install 'rlgen[atari]'") from None
+    if env_id.startswith("MinAtar/") and env_id not in gym.registry:
+        try:
+            from minatar.gym import register_envs  # gymnasium >= 1.0 no longer loads MinAtar's entry point
+        except ImportError:
+            raise UsageError(f"environment {env_id!r} needs MinAtar: pip install 'rlgen[minatar]'") from None
+        register_envs()
+    try:
+        gym.spec(env_id)
+    except gym.error.Error:
+        known = list(gym.registry)
+        close = difflib.get_close_matches(env_id, known, n=3, cutoff=0.6)
+        hint = f"; did you mean {' or '.join(close)}?" if close else "; see gymnasium.pprint_registry() for the list"
+        raise UsageError(f"unknown environment {env_id!r}{hint}") from None
+
+
+def make_env(env_id: str, n_envs: int = 1, seed: int | None = None, frame_stack: int | None = None,
+             env_wrapper: Sequence[Callable] | Callable | None = None, env_kwargs: dict | None = None,
+             normalize: bool | dict | None = None, gamma: float | None = None, training: bool = True):
+    """A VecEnv for ``env_id`` built as rl-zoo3 builds it.
+
+    ``env_wrapper`` (one or a list of wrapper factories) wraps each environment over SB3's Monitor, so Monitor (and
+    evaluation) counts the episodes of the environment beneath; an Atari id without wrappers gets SB3's Atari
+    wrappers. ``normalize`` (True or VecNormalize's keyword arguments) adds a VecNormalize (``gamma``:
+    the algorithm's discount; ``training=False`` freezes the statistics and leaves rewards as they are, for
+    evaluation), over the VecFrameStack that ``frame_stack`` adds.
+    """
+    from stable_baselines3.common.env_util import make_atari_env, make_vec_env
+    from stable_baselines3.common.vec_env import VecFrameStack, VecNormalize
+
+    wrappers = list(env_wrapper) if isinstance(env_wrapper, (list, tuple)) else [env_wrapper] if env_wrapper else []
+    if is_atari(env_id) and not wrappers:
+        env = make_atari_env(env_id, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs)
+    else:
+        def wrap(env: gym.Env) -> gym.Env:  # over SB3's Monitor, as rl-zoo3 applies them (AtariWrapper included)
+            for wrapper in wrappers:
+                env = wrapper(env)
+            return env
+
+        env = make_vec_env(env_id, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs,
+                           wrapper_class=wrap if wrappers else None)
+    if frame_stack:
+        env = VecFrameStack(env, frame_stack)
+    if normalize:  # outermost: off-policy algorithms store its un-normalised observations, stacked like the rest
+        kwargs: dict[str, Any] = dict(normalize) if isinstance(normalize, dict) else {}
+        if gamma is not None:
+            kwargs.setdefault("gamma", gamma)
+        if not training:
+            kwargs.update(training=False, norm_reward=False)
+        env = VecNormalize(env, **kwargs)
+    return env
+
+
+def load_vec_normalize(env: Any, run_folder: Path) -> Any:
+    """``env`` under the VecNormalize statistics saved in ``run_folder`` (frozen, rewards as they are), if any."""
+    path = run_folder / VEC_NORMALIZE_FILE
+    if not path.is_file():
+        return env
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    env = VecNormalize.load(str(path), env)
+    env.training, env.norm_reward = False, False
+    return env
+
+
+def default_policy(observation_space: gym.Space) -> str:
+    """``MultiInputPolicy`` for Dict observations, ``CnnPolicy`` for images, ``MlpPolicy`` otherwise."""
+    from stable_baselines3.common.preprocessing import is_image_space
+
+    if isinstance(observation_space, gym.spaces.Dict):
+        return "MultiInputPolicy"
+    return "CnnPolicy" if is_image_space(observation_space) else "MlpPolicy"
+
+
+def check_spaces(model: Any, env: Any, model_path: Path, env_id: str) -> None:
+    """A one-line usage error when ``env``'s observation or action space is not the one ``model`` was trained on."""
+    from stable_baselines3.common.preprocessing import is_image_space, is_image_space_channels_first
+    from stable_baselines3.common.vec_env import VecTransposeImage
+
+    observation_space = env.observation_space
+    if (observation_space != model.observation_space and is_image_space(observation_space)
+            and not is_image_space_channels_first(observation_space)):
+        observation_space = VecTransposeImage.transpose_space(observation_space)  # as SB3 feeds images to a policy
+    for what, expected, found in (("observation", model.observation_space, observation_space),
+                                  ("action", model.action_space, env.action_space)):
+        if expected != found:
+            raise UsageError(f"{model_path} was trained on {what} space {_describe(expected)}, but {env_id} has "
+                             f"{_describe(found)}; pass --env with the environment it was trained on")
+
+
+def _describe(space: gym.Space) -> str:
+    """A short name of a space: ``Box(shape=(4,), float32)``, ``Discrete(2)``."""
+    if isinstance(space, gym.spaces.Box):
+        return f"Box(shape={space.shape}, {space.dtype})"
+    return str(space)
