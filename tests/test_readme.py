@@ -1,6 +1,9 @@
 """The README is executable: its quick start is what CI runs, and every Python block runs as written and does what
 the text around it says (each block has a check below that asserts its promise)."""
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -17,6 +20,18 @@ def quick_start_commands() -> list[str]:
 
 def python_blocks() -> list[str]:
     return re.findall(r"```python\n(.*?)```", README, flags=re.S)
+
+
+def bash_blocks_outside_quick_start() -> list[str]:
+    rest = README.split("## Quick start", 1)[1].split("\n## ", 1)[1]
+    return [block.strip() for block in re.findall(r"```bash\n(.*?)```", rest, flags=re.S)]
+
+
+def run_bash_block(command: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run a README command with this interpreter's ``rlgen`` and ``accelerate`` (the installed console scripts)."""
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return subprocess.run(command, shell=True, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_quick_start_is_two_commands_that_each_set_up_from_scratch():
@@ -80,14 +95,22 @@ def check_frame_stack_buffer(ns: dict) -> None:
 
 
 def check_plugin_module(ns: dict) -> None:
-    """The hook registers its algorithm by import path, without importing it."""
-    import registry
+    """Registered as a plugin, the module's hooks give rlgen an algorithm (by import path), a preset and a command."""
+    import types
 
-    names: list[str] = []
-    ns["register_algorithms"](lambda name, obj: names.append((name, obj)))
-    assert names == [("plain-dqn", "my_package.algorithms:PlainDQN")]
-    assert getattr(ns["register_algorithms"], "rlgen_impl", None) is not None  # marked with registry.hookimpl
-    assert registry.hookimpl.project_name == "rlgen"
+    import registry
+    from rlgen_plugins.cli.app import main
+
+    plugin = types.ModuleType("readme_plugin")
+    plugin.__dict__.update({k: v for k, v in ns.items() if k.startswith("register_")})
+    registry.register_plugin(plugin, name="readme-plugin")
+    try:
+        assert "plain-dqn" in registry.names("algorithms") and registry.presets("plain-dqn")
+        info = next(p for p in registry.plugins() if p.name == "readme-plugin")
+        assert info.status == "loaded"
+        assert main(["hello"]) == 0
+    finally:
+        registry.unregister_plugin("readme-plugin")
 
 
 def check_diffusion_example(ns: dict) -> None:
@@ -97,13 +120,24 @@ def check_diffusion_example(ns: dict) -> None:
     assert (Path("my-ddpm") / "model_index.json").is_file()
 
 
+def check_diffusers_loading(ns: dict) -> None:
+    """The folder trained by the README's command opened in diffusers with a swapped scheduler and sampled."""
+    assert type(ns["pipe"].scheduler).__name__ == "DDIMScheduler"
+    assert len(ns["images"]) == 4 and ns["images"][0].size == (8, 8)
+    assert Path("runs/readme-ddpm/first.png").is_file()
+
+
 CHECKS: dict[str, Callable[[dict], None]] = {
     "model.save(\"rainbow_cartpole\")": check_api_example,
     "prioritised DQN": check_prioritized_dqn,
     "FrameStackReplayBuffer": check_frame_stack_buffer,
     "def register_algorithms(register)": check_plugin_module,
     "UnconditionalPipeline(unet=unet": check_diffusion_example,
+    "trust_remote_code=True": check_diffusers_loading,
 }
+
+#: Python blocks that work on what a README command made: the marker of the block, and of the command to run first.
+SETUP = {"trust_remote_code=True": "rlgen diffusion train --output runs/readme-ddpm "}
 
 
 def check_for(block: str) -> Callable[[dict], None]:
@@ -115,7 +149,30 @@ def check_for(block: str) -> Callable[[dict], None]:
 @pytest.mark.parametrize("block", python_blocks(), ids=lambda block: block.strip().splitlines()[-1][:40])
 def test_readme_python_block_runs_and_keeps_its_promise(block: str, tmp_path, monkeypatch) -> None:
     check = check_for(block)
+    for marker, command_marker in SETUP.items():
+        if marker in block:
+            command = next(c for c in bash_blocks_outside_quick_start() if command_marker in c)
+            assert run_bash_block(command, tmp_path).returncode == 0
     monkeypatch.chdir(tmp_path)
     namespace: dict = {"__name__": "__readme__"}
     exec(compile(block, "README.md", "exec"), namespace)
     check(namespace)
+
+
+def test_readme_multi_process_command_trains_one_run_in_two_processes(tmp_path) -> None:
+    command = next(c for c in bash_blocks_outside_quick_start() if "--num_processes 2" in c)
+    result = run_bash_block(command, tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    import torch
+
+    run = tmp_path / "runs" / "readme-ddpm-2proc"
+    assert (run / "pipeline" / "model_index.json").is_file()
+    checkpoint = torch.load(next((run / "checkpoints").glob("step-*.pt")), weights_only=False)
+    assert checkpoint["num_processes"] == 2 and len(checkpoint["rng_ranks"]) == 2  # one run of two processes
+    assert result.stdout.count("runs/readme-ddpm-2proc/pipeline") == 1  # printed by the main process only
+
+
+def test_every_readme_command_outside_the_quick_start_is_run_by_a_test() -> None:
+    markers = [*SETUP.values(), "--num_processes 2"]
+    for command in bash_blocks_outside_quick_start():
+        assert any(marker in command for marker in markers), command
