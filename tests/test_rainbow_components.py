@@ -95,6 +95,19 @@ def test_categorical_projection_integer_b_keeps_mass_on_that_atom() -> None:
     assert got.tolist() == [[0.0, 0.0, 0.0, 0.0, 1.0]]
 
 
+def test_categorical_kl_and_projection_act_on_the_last_axis_of_any_batch_shape() -> None:
+    """KL over atoms (the last axis), whatever the leading batch shape: each row equals its own 1-row KL."""
+    gen = th.Generator().manual_seed(0)
+    logits = th.randn(2, 3, 5, generator=gen)
+    target = th.randn(2, 3, 5, generator=gen).softmax(-1)
+    batched = categorical_kl(target, logits)
+    assert batched.shape == (2, 3)
+    for i in range(2):
+        for j in range(3):
+            m, log_p = target[i, j], logits[i, j].log_softmax(0)
+            assert batched[i, j].item() == pytest.approx(float((m * (m.log() - log_p)).sum()), rel=1e-5)
+
+
 def test_categorical_kl_is_zero_for_matching_distributions_and_positive_otherwise() -> None:
     logits = th.randn(4, 7, generator=th.Generator().manual_seed(0))
     same = categorical_kl(logits.softmax(-1), logits)
@@ -105,47 +118,45 @@ def test_categorical_kl_is_zero_for_matching_distributions_and_positive_otherwis
 
 # ---------------------------------------------------------------- Double Q
 
-def test_double_q_target_uses_online_argmax_and_target_values() -> None:
+def test_double_q_target_uses_the_selectors_argmax_and_target_values() -> None:
     online = th.tensor([[1.0, 5.0, 2.0]])  # online prefers action 1
     target = th.tensor([[10.0, 3.0, 4.0]])  # target prefers action 0
     r, disc, done = th.tensor([[1.0]]), th.tensor([[0.5]]), th.tensor([[0.0]])
-    assert greedy_next_actions(online, target, double_q=True).item() == 1
-    assert double_q_target(r, disc, done, online, target, double_q=True).item() == pytest.approx(1.0 + 0.5 * 3.0)
-    assert double_q_target(r, disc, done, online, target, double_q=False).item() == pytest.approx(1.0 + 0.5 * 10.0)
+    assert greedy_next_actions(online).item() == 1
+    assert double_q_target(r, disc, done, online, target).item() == pytest.approx(1.0 + 0.5 * 3.0)  # Double DQN
+    assert double_q_target(r, disc, done, target, target).item() == pytest.approx(1.0 + 0.5 * 10.0)  # DQN
     # Terminal transitions do not bootstrap.
     assert double_q_target(r, disc, th.tensor([[1.0]]), online, target).item() == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("double_q", [True, False])
 @pytest.mark.parametrize("n_atoms", [1, 11])
-def test_train_selects_next_action_with_online_network(n_atoms: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Inside the update, the next action comes from the online network's Q(s') when double_q=True."""
+def test_the_update_picks_a_star_with_the_online_network_only_under_double_q(
+        n_atoms: int, double_q: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inside the update, a* comes from the online network's Q(s') with double_q=True, the target's without."""
     import rlgen_plugins.rainbow.targets as rainbow_module
 
-    model = tiny_model(policy_kwargs=dict(TINY, n_atoms=n_atoms, noisy=False))
+    model = tiny_model(double_q=double_q, policy_kwargs=dict(TINY, n_atoms=n_atoms, noisy=False))
     model.learn(20)
     with th.no_grad():  # make online and target networks disagree
         for p in model.q_net_target.parameters():
             p.add_(th.randn_like(p))
     captured: dict = {}
-    name = "double_q_target" if n_atoms == 1 else "greedy_next_actions"
-    original = getattr(rainbow_module, name)
+    original = rainbow_module.greedy_next_actions
 
-    def spy(*args, **kwargs):
-        captured["online"], captured["target"] = args[-3 if n_atoms == 1 else 0], args[-2 if n_atoms == 1 else 1]
-        captured["double_q"] = args[-1]
-        return original(*args, **kwargs)
+    def spy(next_q_selector):
+        captured["selector"] = next_q_selector
+        return original(next_q_selector)
 
-    monkeypatch.setattr(rainbow_module, name, spy)
+    monkeypatch.setattr(rainbow_module, "greedy_next_actions", spy)
     np.random.seed(3)
     data = model.replay_buffer.sample(8)
-    model._loss(model._named_parameters, data)
+    model._loss(None, data)
     with th.no_grad():
         expected_online = model.q_net(data.next_observations)
         expected_target = model.q_net_target(data.next_observations)
-    assert captured["double_q"] is True
     assert not th.allclose(expected_online, expected_target)
-    th.testing.assert_close(captured["online"], expected_online)
-    th.testing.assert_close(captured["target"], expected_target)
+    th.testing.assert_close(captured["selector"], expected_online if double_q else expected_target)
 
 
 # ---------------------------------------------------------------- noise

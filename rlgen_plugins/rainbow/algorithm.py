@@ -286,7 +286,7 @@ class Rainbow(DQN):
         def target(obs: Any) -> th.Tensor:
             return self.q_net_target.logits(obs, noise)
 
-        return rainbow_loss(online, target, data, self.q_net.support, self.double_q, self._prioritized)
+        return rainbow_loss(online, target, data, self.q_net.support, double_q=self.double_q, weighted=self._prioritized)
 
     def _gradients(self, data: Any) -> tuple[th.Tensor, th.Tensor]:
         """Set each online parameter's ``.grad`` to dL/dtheta of :meth:`_loss`; return the loss and the priorities."""

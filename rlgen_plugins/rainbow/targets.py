@@ -13,13 +13,13 @@ from typing import Any, Callable
 import torch as th
 from torch.nn import functional as F
 
-from policies.heads import categorical_expectation, categorical_q_values
+from policies.heads import categorical_q_values
 
 Logits = Callable[[Any], th.Tensor]  # observations -> (batch, n_actions, n_atoms) logits (Q-values if n_atoms == 1)
 
 
-def rainbow_loss(online: Logits, target: Logits, data: Any, support: th.Tensor, double_q: bool = True,
-                 weighted: bool = True) -> tuple[th.Tensor, th.Tensor]:
+def rainbow_loss(online: Logits, target: Logits, data: Any, support: th.Tensor, *, double_q: bool,
+                 weighted: bool) -> tuple[th.Tensor, th.Tensor]:
     """Rainbow's loss for a sampled batch, and each transition's new priority.
 
     ``data`` is the buffer's sample: observations, actions, next_observations, the n-step return
@@ -35,22 +35,20 @@ def rainbow_loss(online: Logits, target: Logits, data: Any, support: th.Tensor, 
 
     Only the online network's scores of s receive gradients: its scores of s' only select a*.
     """
-    actions = data.actions.long().view(-1, 1)
     logits = online(data.observations)  # (batch, n_actions, n_atoms)
     n_atoms = logits.shape[-1]
-    chosen = logits.gather(1, actions.unsqueeze(-1).expand(-1, 1, n_atoms)).squeeze(1)  # the row of (s, a)
+    chosen = logits.gather(1, data.actions.long().view(-1, 1, 1).expand(-1, 1, n_atoms)).squeeze(1)  # row of (s, a)
     with th.no_grad():
         next_target = target(data.next_observations)
-        next_online = online(data.next_observations) if double_q else next_target
+        selector = online(data.next_observations) if double_q else next_target  # which network picks a*
         if n_atoms == 1:
-            target_q = double_q_target(data.rewards, data.discounts, data.dones, next_online.squeeze(-1),
-                                       next_target.squeeze(-1), double_q)
+            target_q = double_q_target(data.rewards, data.discounts, data.dones, selector.squeeze(-1),
+                                       next_target.squeeze(-1))
         else:
-            next_probs_target = next_target.softmax(dim=-1)  # one softmax serves Q-values and the target
-            next_q_target = categorical_expectation(next_probs_target, support)
-            next_q_online = categorical_q_values(next_online, support) if double_q else next_q_target
-            next_actions = greedy_next_actions(next_q_online, next_q_target, double_q)
-            next_probs = next_probs_target.gather(1, next_actions.unsqueeze(-1).expand(-1, 1, n_atoms)).squeeze(1)
+            next_probs_target = next_target.softmax(dim=-1)
+            next_q_selector = categorical_q_values(selector, support)
+            next_actions = greedy_next_actions(next_q_selector).view(-1, 1, 1).expand(-1, 1, n_atoms)
+            next_probs = next_probs_target.gather(1, next_actions).squeeze(1)
             target_probs = categorical_projection(next_probs, data.rewards, data.discounts, data.dones, support)
     if n_atoms == 1:
         per_sample = huber_td(chosen, target_q)
@@ -65,24 +63,23 @@ def rainbow_loss(online: Logits, target: Logits, data: Any, support: th.Tensor, 
     return per_sample.mean(), priorities
 
 
-def greedy_next_actions(next_q_online: th.Tensor, next_q_target: th.Tensor, double_q: bool) -> th.Tensor:
-    """a* = argmax_a Q_online(s', a) for Double DQN (van Hasselt et al. 2016, eq. 4), else argmax_a Q_target(s', a).
+def greedy_next_actions(next_q_selector: th.Tensor) -> th.Tensor:
+    """a* = argmax_a Q_sel(s', a), indices of shape ``(batch, 1)``.
 
-    Returns indices of shape ``(batch, 1)``.
+    Q_sel is the online network's Q for Double DQN (van Hasselt et al. 2016, eq. 4), the target network's for DQN.
     """
-    return (next_q_online if double_q else next_q_target).argmax(dim=1, keepdim=True)
+    return next_q_selector.argmax(dim=1, keepdim=True)
 
 
 def double_q_target(
     rewards: th.Tensor,
     discounts: th.Tensor,
     dones: th.Tensor,
-    next_q_online: th.Tensor,
+    next_q_selector: th.Tensor,
     next_q_target: th.Tensor,
-    double_q: bool = True,
 ) -> th.Tensor:
-    """y = R + gamma^n (1 - done) Q_target(s', argmax_a Q_online(s', a))  (Double DQN, eq. 4); shape (batch, 1)."""
-    next_actions = greedy_next_actions(next_q_online, next_q_target, double_q)
+    """y = R + gamma^n (1 - done) Q_target(s', argmax_a Q_sel(s', a))  (Double DQN, eq. 4); shape (batch, 1)."""
+    next_actions = greedy_next_actions(next_q_selector)
     next_values = next_q_target.gather(1, next_actions)
     return rewards + discounts * (1.0 - dones) * next_values
 
@@ -109,7 +106,7 @@ def categorical_projection(
     v_min, v_max = support[0], support[-1]
     delta_z = (v_max - v_min) / (n_atoms - 1)
     tz = (rewards + discounts * (1.0 - dones) * support).clamp(v_min, v_max)  # T z_j, clipped to the support
-    b = ((tz - v_min) / delta_z).clamp(0, n_atoms - 1)  # fractional atom index of T z_j
+    b = (tz - v_min) / delta_z  # fractional atom index of T z_j, in [0, N - 1] since T z_j is clipped
     lower = b.floor()
     upper_weight = b - lower  # share of p_j that goes to atom l + 1
     lower_idx = lower.long()
