@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Sequence
+from typing import Callable, Sequence
 
 import registry
 from rlgen_plugins.cli.errors import UsageError
@@ -100,7 +100,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def positive_int(flag: str):
+def positive_int(flag: str) -> Callable[[str], int]:
     """An argparse ``type`` for ``flag``: a positive integer, else a one-line ``UsageError`` naming ``flag``."""
 
     def parse(text: str) -> int:
