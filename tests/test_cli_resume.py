@@ -111,7 +111,7 @@ def test_corrupt_checkpoint_is_a_one_line_error_naming_the_file(capsys, finished
     assert json.loads((run / "rlgen.json").read_text())["status"] == "finished"
 
 
-def test_resume_with_another_hyperparameter_names_the_key(capsys, finished, tmp_path):
+def test_resume_with_another_hyperparameter_or_env_names_the_key(capsys, finished, tmp_path):
     run = copy_of(finished, tmp_path)
     code, _, err = run_cli(capsys, "train", "rainbow", "--env", "CartPole-v1", "--timesteps", "200", "--output",
                            str(run), "--eval-freq", "100", "--resume", str(run / "checkpoints" / "step_100"), *TINY,
@@ -119,6 +119,9 @@ def test_resume_with_another_hyperparameter_names_the_key(capsys, finished, tmp_
     err = one_line_error(code, err)
     assert "is from another run: hyperparams.learning_rate: 0.01 in the checkpoint, 0.005 here" in err
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_100", "step_200"]
+    code, _, err = run_cli(capsys, "train", "rainbow", "--env", "Acrobot-v1", "--timesteps", "200", "--output",
+                           str(run), "--resume", "latest", *TINY)
+    assert 'env: "CartPole-v1" in the checkpoint, "Acrobot-v1" here' in one_line_error(code, err)
 
 
 def test_resume_of_a_finished_run_keeps_it_and_missing_ones_are_one_line_errors(capsys, finished, tmp_path):
