@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Sequence
+from typing import Callable, Sequence
 
 import registry
 from rlgen_plugins.cli.errors import UsageError
@@ -45,6 +45,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     import gymnasium as gym
 
     from rlgen_plugins.cli import runs as rl_run
+    from rlgen_plugins.cli.checkpoints import StoppedBySignal
 
     target = args.target_reward
     if args.until_solved:
@@ -61,7 +62,14 @@ def cmd_train(args: argparse.Namespace) -> int:
             hyperparams_file=args.hyperparams, overrides=rl_run.parse_overrides(args.param), output=output,
             eval_freq=args.eval_freq, eval_episodes=args.eval_episodes, target_reward=target,
             progress_bar=not args.no_progress, verbose=args.verbose, device=args.device, threads=args.threads,
-            overwrite=args.overwrite, echo=lambda line: print(line, flush=True))
+            overwrite=args.overwrite, vec_env=args.vec_env, save_freq=args.save_freq,
+            keep_checkpoints=args.keep_checkpoints, resume=args.resume, echo=lambda line: print(line, flush=True))
+    except StoppedBySignal as exc:
+        import signal
+
+        where = f"wrote {exc.checkpoint}; continue with --resume latest" if exc.checkpoint else "no checkpoint written"
+        print(f"stopped by {signal.Signals(exc.exit_code - 128).name}: {where}", file=sys.stderr)
+        return exc.exit_code
     except rl_run.TrainingInterrupted as exc:
         print(f"interrupted: the model trained so far is in {exc.output / 'model.zip'}", file=sys.stderr)
         return 130
@@ -92,6 +100,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def positive_int(flag: str) -> Callable[[str], int]:
+    """An argparse ``type`` for ``flag``: a positive integer, else a one-line ``UsageError`` naming ``flag``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise UsageError(f"{flag} must be a positive integer, got {text!r}") from None
+        if value < 1:
+            raise UsageError(f"{flag} must be a positive integer, got {value}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlgen", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -109,7 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--env", required=True, metavar="ENV_ID", help="gymnasium id, e.g. CartPole-v1")
     train.add_argument("--timesteps", type=int, help="environment steps (default: the preset's n_timesteps)")
     train.add_argument("--seed", type=int, help="random seed (default: a fresh one, printed and kept in rlgen.json)")
-    train.add_argument("--n-envs", type=int, help="parallel environments (default: the preset's, else 1)")
+    train.add_argument("--n-envs", type=positive_int("--n-envs"), metavar="K",
+                       help="parallel environments (default: the preset's, else 1)")
+    train.add_argument("--vec-env", choices=("dummy", "subproc"), default="dummy",
+                       help="run the --n-envs environments in this process (dummy, default) or one process each "
+                            "(subproc: SB3's SubprocVecEnv, started with forkserver, else spawn)")
     train.add_argument("--hyperparams", metavar="FILE",
                        help="YAML file of hyperparameters overriding the preset (rlgen's or rl-zoo3's layout)")
     train.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
@@ -124,6 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
     stop.add_argument("--until-solved", action="store_true",
                       help="stop once the evaluation reaches the environment's reward_threshold")
     stop.add_argument("--target-reward", type=float, help="stop once the evaluation mean reaches this return")
+    train.add_argument("--save-freq", type=positive_int("--save-freq"), metavar="N",
+                       help="write a resumable checkpoint into OUTPUT/checkpoints/ every N env steps; "
+                            "SIGINT / SIGTERM then write one and exit 130 / 143")
+    train.add_argument("--keep-checkpoints", type=positive_int("--keep-checkpoints"), default=2, metavar="K",
+                       help="keep the newest K checkpoints (default 2)")
+    train.add_argument("--resume", metavar="latest|PATH",
+                       help="continue the run in --output (default runs/ALGO-ENV) from its newest checkpoint, or "
+                            "from checkpoint PATH, to its planned length; give the same settings")
     train.add_argument("--device", default="auto", help="torch device (default auto)")
     train.add_argument("--threads", type=int, default=1,
                        help="torch CPU threads (default 1, fastest for small policies; 0 = torch's default)")

@@ -12,6 +12,9 @@ from rlgen_plugins.cli.errors import UsageError
 from rlgen_plugins.cli.presets import is_atari
 
 VEC_NORMALIZE_FILE = "vecnormalize.pkl"
+#: ``--vec-env`` choices: SB3's DummyVecEnv (all envs in this process) and SubprocVecEnv (one process each, started
+#: with SB3's default method, ``forkserver`` where available, else ``spawn``: never ``fork`` under torch's threads).
+VEC_ENVS = ("dummy", "subproc")
 
 
 def check_env_id(env_id: str) -> None:
@@ -38,21 +41,26 @@ def check_env_id(env_id: str) -> None:
 
 def make_env(env_id: str, n_envs: int = 1, seed: int | None = None, frame_stack: int | None = None,
              env_wrapper: Sequence[Callable] | Callable | None = None, env_kwargs: dict | None = None,
-             normalize: bool | dict | None = None, gamma: float | None = None, training: bool = True):
+             normalize: bool | dict | None = None, gamma: float | None = None, training: bool = True,
+             vec_env: str = "dummy"):
     """A VecEnv for ``env_id`` built as rl-zoo3 builds it.
 
     ``env_wrapper`` (one or a list of wrapper factories) wraps each environment over SB3's Monitor, so Monitor (and
     evaluation) counts the episodes of the environment beneath; an Atari id without wrappers gets SB3's Atari
     wrappers. ``normalize`` (True or VecNormalize's keyword arguments) adds a VecNormalize (``gamma``:
     the algorithm's discount; ``training=False`` freezes the statistics and leaves rewards as they are, for
-    evaluation), over the VecFrameStack that ``frame_stack`` adds.
+    evaluation), over the VecFrameStack that ``frame_stack`` adds. ``vec_env``: one of :data:`VEC_ENVS`.
     """
     from stable_baselines3.common.env_util import make_atari_env, make_vec_env
-    from stable_baselines3.common.vec_env import VecFrameStack, VecNormalize
+    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecFrameStack, VecNormalize
+
+    if vec_env not in VEC_ENVS:
+        raise UsageError(f"--vec-env must be one of {', '.join(VEC_ENVS)}, got {vec_env!r}")
+    vec_env_cls = SubprocVecEnv if vec_env == "subproc" else DummyVecEnv
 
     wrappers = list(env_wrapper) if isinstance(env_wrapper, (list, tuple)) else [env_wrapper] if env_wrapper else []
     if is_atari(env_id) and not wrappers:
-        env = make_atari_env(env_id, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs)
+        env = make_atari_env(env_id, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs, vec_env_cls=vec_env_cls)
     else:
         def wrap(env: gym.Env) -> gym.Env:  # over SB3's Monitor, as rl-zoo3 applies them (AtariWrapper included)
             for wrapper in wrappers:
@@ -60,7 +68,7 @@ def make_env(env_id: str, n_envs: int = 1, seed: int | None = None, frame_stack:
             return env
 
         env = make_vec_env(env_id, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs,
-                           wrapper_class=wrap if wrappers else None)
+                           wrapper_class=wrap if wrappers else None, vec_env_cls=vec_env_cls)
     if frame_stack:
         env = VecFrameStack(env, frame_stack)
     if normalize:  # outermost: off-policy algorithms store its un-normalised observations, stacked like the rest

@@ -166,16 +166,23 @@ def train(algo: str, env_id: str, *, timesteps: int | None = None, seed: int | N
           n_envs: int | None = None, hyperparams_file: str | None = None, overrides: dict[str, Any] | None = None,
           output: str | Path = "runs", eval_freq: int = 1000, eval_episodes: int = 10,
           target_reward: float | None = None, progress_bar: bool = True, verbose: int = 0,
-          device: str = "auto", threads: int = 1, overwrite: bool = False,
+          device: str = "auto", threads: int = 1, overwrite: bool = False, vec_env: str = "dummy",
+          save_freq: int | None = None, keep_checkpoints: int | None = 2, resume: str | Path | None = None,
           echo: Callable[[str], None] = print) -> TrainResult:
     """Train ``algo`` on ``env_id`` with periodic deterministic evaluation; save model, log and curve.
 
     ``output`` that already holds files becomes its first free numbered sibling (``runs/x_1``) unless ``overwrite``.
     ``threads`` sets torch's CPU threads (0 keeps torch's default): small policies run fastest on one thread,
     and more threads than free cores slow every step down. ``echo`` gets the lines said before training starts.
+    ``vec_env``: ``dummy`` or ``subproc`` (SB3's DummyVecEnv / SubprocVecEnv) for the training envs.
+    ``save_freq`` writes a checkpoint into ``OUTPUT/checkpoints`` every that many env steps (the newest
+    ``keep_checkpoints`` kept), and SIGINT / SIGTERM then write one and raise ``StoppedBySignal``. ``resume``
+    (``"latest"`` or a checkpoint folder) continues that run, in its own folder, to its planned length.
     """
     from stable_baselines3.common.callbacks import EvalCallback
 
+    from rlgen_plugins.cli import checkpoints as ckpt
+    from rlgen_plugins.cli import resuming
     from rlgen_plugins.cli.callbacks import SaveBestModel
 
     try:
@@ -184,39 +191,38 @@ def train(algo: str, env_id: str, *, timesteps: int | None = None, seed: int | N
         raise UsageError(str(exc)) from None
     check_env_id(env_id)
     set_threads(threads)
+    for flag, value in (("--timesteps", timesteps), ("--n-envs", n_envs)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} must be a positive integer, got {value}")
     hyperparams = build_hyperparams(algo, env_id, hyperparams_file, overrides or {})
     check_hyperparams(algo_cls, algo, hyperparams)
-    total = int(timesteps or hyperparams.pop("n_timesteps", 0) or 100_000)
+    total = int(timesteps if timesteps is not None else hyperparams.pop("n_timesteps", 0) or 100_000)
     hyperparams.pop("n_timesteps", None)
-    n_envs = int(n_envs or hyperparams.pop("n_envs", 1))
+    n_envs = int(n_envs if n_envs is not None else hyperparams.pop("n_envs", 1))
     hyperparams.pop("n_envs", None)
     env_options = {k: hyperparams.pop(k) for k in ("frame_stack", "env_wrapper", "env_kwargs", "normalize")
                    if k in hyperparams}
     callback_factories = hyperparams.pop("callback", [])
     if total < 1 or n_envs < 1:
-        raise UsageError("--timesteps and --n-envs must be positive")
+        raise UsageError(f"the preset's n_timesteps ({total}) and n_envs ({n_envs}) must be positive")
     origin = find_preset(algo, env_id)[1]
     if origin is None and not hyperparams_file:
         echo(f"no preset for {algo} on {env_id} (rlgen plugins lists the presets): running on "
              f"{algo_cls.__name__}'s class defaults for {total} steps")
 
+    out, resume_from, resume_state = (resuming.resume_source(output, resume) if resume is not None
+                                      else (output_folder(output, overwrite), None, {}))
+    previous = resuming.previous_record(out, RUN_INFO_FILE) if resume_from is not None else {}
+    if save_freq is None and resume_from is not None:
+        save_freq, keep_checkpoints = previous.get("save_freq"), previous.get("keep_checkpoints", keep_checkpoints)
+    if seed is None and resume_from is not None:  # the interrupted run's seed
+        seed = resume_state.get("config", {}).get("seed")
     if seed is None:  # as rl-zoo3: draw one and record it, so every run can be repeated
         seed = int(np.random.SeedSequence().entropy % 2**31)
     gamma = hyperparams.get("gamma")
-    env = make_env(env_id, n_envs=n_envs, seed=seed, gamma=gamma, **env_options)
+    env = make_env(env_id, n_envs=n_envs, seed=seed, gamma=gamma, vec_env=vec_env, **env_options)
     eval_env = make_env(env_id, n_envs=1, seed=seed + 10_000, gamma=gamma, training=False, **env_options)
     policy = hyperparams.pop("policy", None) or default_policy(env.observation_space)
-    try:
-        model = algo_cls(policy, env, seed=seed, verbose=verbose, device=device, **hyperparams)
-        extra_callbacks = [factory() for factory in callback_factories]
-    except (ValueError, KeyError, TypeError) as exc:
-        env.close()
-        eval_env.close()
-        raise UsageError(f"{algo}: {exc}") from None
-    out = output_folder(output, overwrite)
-    for name in RUN_FILES:
-        (out / name).unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
     record = {  # rlgen.json, written now (status "running") and completed at the end, like rl-zoo3's config.yml
         "algo": algo, "env": env_id, "seed": seed, "n_envs": n_envs, "total_timesteps": total,
         "policy": policy if isinstance(policy, str) else f"{policy.__module__}:{policy.__qualname__}",
@@ -225,21 +231,47 @@ def train(algo: str, env_id: str, *, timesteps: int | None = None, seed: int | N
         "hyperparams": {k: v if isinstance(v, (int, float, str, bool, list, dict, type(None))) else repr(v)
                         for k, v in hyperparams.items()},
     }
+    run_config = resuming.run_config(record, hyperparams)  # taken before the model adds to the dicts it is given
+    try:
+        checkpoint = resuming.checkpointer(out, save_freq, keep_checkpoints, run_config)
+        if resume_from is not None:
+            model = ckpt.load_checkpoint(resume_from, algo_cls, env, run_config, device=device)
+        else:
+            model = algo_cls(policy, env, seed=seed, verbose=verbose, device=device, **hyperparams)
+        extra_callbacks = [factory() for factory in callback_factories]
+    except (ValueError, KeyError, TypeError, UsageError) as exc:
+        env.close()
+        eval_env.close()
+        if isinstance(exc, UsageError):
+            raise
+        raise UsageError(f"{algo}: {exc}") from None
+    if resume_from is None:
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    record.update(vec_env=vec_env, save_freq=save_freq, keep_checkpoints=keep_checkpoints if save_freq else None,
+                  resumed_from=None if resume_from is None else str(resume_from))
     write_json_atomically({**record, "status": "running"}, out / RUN_INFO_FILE)
+    if resume_from is not None:
+        echo(f"resuming from {resume_from} (step {model.num_timesteps} of {total}); episodes in progress restart")
     echo(f"training {algo} on {env_id} for {total} steps (seed {seed}); writing to {out}")
 
     on_new_best = SaveBestModel(out / "best_model.zip", target_reward)
     # EvalCallback records its results only when given a log_path (it also writes evaluations.npz there)
     evaluator = EvalCallback(eval_env, n_eval_episodes=eval_episodes, eval_freq=max(eval_freq // n_envs, 1),
                              deterministic=True, callback_on_new_best=on_new_best, log_path=str(out), verbose=0)
+    if resume_from is not None:
+        resuming.continue_history(evaluator, on_new_best, model.num_timesteps, n_envs, previous)
     interrupted = False
     try:
-        model.learn(total_timesteps=total, callback=[evaluator, *extra_callbacks], progress_bar=progress_bar)
+        resuming.learn(model, [evaluator, *extra_callbacks], checkpoint, total, resume_from is not None, progress_bar)
     except KeyboardInterrupt:
         interrupted = True  # keep what was learned: save below, then report the interruption
     finally:
         env.close()
         eval_env.close()
+    stopped = checkpoint is not None and checkpoint.exit_code is not None
+    interrupted = interrupted or stopped
 
     steps = [int(t) for t in evaluator.evaluations_timesteps]
     returns = [np.asarray(r, dtype=float) for r in evaluator.evaluations_results]
@@ -263,6 +295,8 @@ def train(algo: str, env_id: str, *, timesteps: int | None = None, seed: int | N
         "last_mean_return": paths.last_mean_reward, "solved_at": solved_at, "interrupted": interrupted,
         "best_mean_return": max(means) if means else None, "best_model_timesteps": on_new_best.best_timesteps,
     }, paths.info_path)
+    if stopped:
+        raise ckpt.StoppedBySignal(checkpoint.signal_received, checkpoint.last_checkpoint)
     if interrupted:
         raise TrainingInterrupted(out)
     return paths
