@@ -2,7 +2,8 @@
 
 For a start row ``t`` of env ``e`` the window is ``t, t+1, ..., t+k-1`` (rows modulo the storage size) where ``k`` is
 the smallest of ``n_steps`` and the first step that is a termination, a time-limit truncation or the newest stored row
-(``pos - 1``: the window never crosses the write pointer). Then
+(``pos - 1``: the window never crosses the write pointer). SB3 stores both endings as ``done`` (a truncation is
+``done`` and ``timeout``), so ``dones`` alone ends the window. Then
 
     R = sum_{j<k} gamma**j * r_{t+j}   # n-step return (Sutton & Barto eq. 7.1)
     discount = gamma**k                # bootstrap factor for the k steps actually taken
@@ -41,7 +42,7 @@ def _n_step_loop(rewards: np.ndarray, dones: np.ndarray, timeouts: np.ndarray, r
         for j in range(n_steps):
             ret += discount * rewards[row, env]
             discount *= gamma
-            if dones[row, env] > 0 or timeouts[row, env] > 0 or row == newest_row or j == n_steps - 1:
+            if dones[row, env] > 0 or row == newest_row or j == n_steps - 1:
                 break
             row = (row + 1) % size
         last_rows[k] = row
@@ -85,7 +86,7 @@ def n_step_targets(
     steps = np.arange(n_steps)
     seq = (rows[:, None] + steps[None, :]) % size  # (batch, n_steps)
     env_col = envs[:, None]
-    stop = (dones[seq, env_col] > 0) | (timeouts[seq, env_col] > 0) | (seq == newest_row)
+    stop = (dones[seq, env_col] > 0) | (seq == newest_row)
     k_minus_1 = np.where(stop.any(axis=1), stop.argmax(axis=1), n_steps - 1)  # index of the window's last step
     mask = steps[None, :] <= k_minus_1[:, None]
     reward_seq = normalize_reward(rewards[seq, env_col]).astype(np.float64)
