@@ -175,3 +175,16 @@ def test_two_subprocess_envs_train_and_are_recorded(capsys, tmp_path):
     info = json.loads((out / "rlgen.json").read_text())
     assert (info["n_envs"], info["vec_env"], info["status"], info["timesteps"]) == (2, "subproc", "finished", 300)
     assert [r["timesteps"] for r in rows(out / "evaluations.csv")] == ["150", "300"]
+
+
+def test_minatar_in_subprocess_envs_registers_minatar_in_each_worker(capsys, tmp_path):
+    """SubprocVecEnv workers start from a fresh gymnasium registry: MinAtar's ids must be registered there too."""
+    out = tmp_path / "minatar"
+    code, _, err = run_cli(capsys, "train", "rainbow", "--env", "MinAtar/Breakout-v1", "--timesteps", "200",
+                           "--seed", "0", "--n-envs", "2", "--vec-env", "subproc", "--eval-freq", "200",
+                           "--output", str(out), "--no-progress", "--eval-episodes", "1", "-p", "torch_compile=false",
+                           "-p", "learning_starts=50", "-p", "buffer_size=1000", "-p", "batch_size=8")
+    assert code == 0, err
+    info = json.loads((out / "rlgen.json").read_text())
+    assert (info["env"], info["n_envs"], info["vec_env"], info["timesteps"]) == ("MinAtar/Breakout-v1", 2, "subproc",
+                                                                                 200)

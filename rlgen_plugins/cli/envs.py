@@ -39,6 +39,16 @@ def check_env_id(env_id: str) -> None:
         raise UsageError(f"unknown environment {env_id!r}{hint}") from None
 
 
+def make_minatar(env_id: str, **kwargs: Any) -> gym.Env:
+    """``gym.make`` of a MinAtar id after registering MinAtar's ids in this process: a SubprocVecEnv worker starts
+    from a fresh registry that lacks them."""
+    if env_id not in gym.registry:
+        from minatar.gym import register_envs
+
+        register_envs()
+    return gym.make(env_id, **kwargs)
+
+
 def make_env(env_id: str, n_envs: int = 1, seed: int | None = None, frame_stack: int | None = None,
              env_wrapper: Sequence[Callable] | Callable | None = None, env_kwargs: dict | None = None,
              normalize: bool | dict | None = None, gamma: float | None = None, training: bool = True,
@@ -67,7 +77,10 @@ def make_env(env_id: str, n_envs: int = 1, seed: int | None = None, frame_stack:
                 env = wrapper(env)
             return env
 
-        env = make_vec_env(env_id, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs,
+        make: str | Callable[..., gym.Env] = env_id
+        if env_id.startswith("MinAtar/"):
+            make, env_kwargs = make_minatar, {"env_id": env_id, **(env_kwargs or {})}
+        env = make_vec_env(make, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs,
                            wrapper_class=wrap if wrappers else None, vec_env_cls=vec_env_cls)
     if frame_stack:
         env = VecFrameStack(env, frame_stack)
