@@ -1,4 +1,5 @@
-"""Atomic file writes for run folders: checkpoints, configs, grids and pipelines (standard library only)."""
+"""Atomic file writes for run folders: checkpoints, configs, grids and pipelines (standard library only; the
+``rlgen`` application writes its RL run folders with these too)."""
 
 from __future__ import annotations
 
@@ -19,8 +20,10 @@ def replace_atomically(path: str | os.PathLike, write: Callable[[str], Any], suf
                        fsync: bool = False) -> Path:
     """Have ``write(tmp)`` fill a temporary file beside ``path``, then rename it into place; return ``path``.
 
-    An error never leaves half a file at ``path`` and the temporary file is always removed; ``fsync`` flushes the
-    data before the rename. The file gets the permissions a plain ``open()`` gives (0o666 less the umask).
+    A crash or an error never leaves half a file at ``path`` (an existing file stays as it was), and the temporary
+    file is always removed. ``suffix`` matters to writers that pick a format or append an extension from the name
+    (SB3 appends ``.zip``). ``fsync`` flushes the data to disk before the rename, for checkpoints that must survive
+    a power cut. The file gets the permissions a plain ``open()`` gives (0o666 less the umask), not mkstemp's 0o600.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

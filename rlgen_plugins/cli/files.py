@@ -1,48 +1,15 @@
-"""Atomic file writes shared by ``rlgen train``, diffusion training and evaluation (standard library only)."""
+"""Atomic file writes of ``rlgen train`` / ``rlgen evaluate``: the library's writers (``diffusion.files``, standard
+library only; ``diffusion`` loads its models lazily, so this imports neither torch nor diffusers) and SB3 zips."""
 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from diffusion.files import replace_atomically, write_text_atomically
 
-def _umask() -> int:
-    mask = os.umask(0o022)  # the only portable way to read it is to set it
-    os.umask(mask)
-    return mask
-
-
-def replace_atomically(path: str | os.PathLike, write: Callable[[str], Any], suffix: str = ".tmp",
-                       fsync: bool = False) -> Path:
-    """Have ``write(tmp)`` fill a temporary file beside ``path``, then rename it into place; return ``path``.
-
-    A crash or an error never leaves half a file at ``path`` (an existing file stays as it was), and the temporary
-    file is always removed. ``suffix`` matters to writers that pick a format or append an extension from the name
-    (SB3 appends ``.zip``). ``fsync`` flushes the data to disk before the rename, for checkpoints that must survive
-    a power cut. The file gets the permissions a plain ``open()`` gives (0o666 less the umask), not mkstemp's 0o600.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        if fsync:
-            with open(tmp, "rb") as handle:
-                os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
-
-
-def write_text_atomically(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` through :func:`replace_atomically`."""
-    return replace_atomically(path, lambda tmp: Path(tmp).write_text(text))
+__all__ = ["replace_atomically", "save_atomically", "write_text_atomically"]
 
 
 def save_atomically(model: Any, path: str | os.PathLike) -> Path:
