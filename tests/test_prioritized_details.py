@@ -90,9 +90,10 @@ def test_sampling_through_vec_normalize_normalises_observations_and_rewards(as_d
     env.ret_rms.var = np.float64(16.0)
     np.random.seed(0)
     batch = buffer.sample(4, env=env)
-    observations = batch.observations["a"] if as_dict else batch.observations
-    raw = (batch.indices / 10).astype(np.float32)[:, None]  # the stored observation of step t is t / 10
-    np.testing.assert_allclose(observations.numpy(), np.repeat((raw - 1.0) / 2.0, 4, axis=1), rtol=1e-5, atol=1e-6)
+    raw = (batch.indices / 10).astype(np.float32)[:, None]  # observation and next observation of step t: t / 10
+    for sampled in (batch.observations, batch.next_observations):
+        values = sampled["a"] if as_dict else sampled
+        np.testing.assert_allclose(values.numpy(), np.repeat((raw - 1.0) / 2.0, 4, axis=1), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(batch.rewards.numpy(), 2.0 / 4.0, rtol=1e-5)  # r / sqrt(ret var)
 
 
@@ -126,3 +127,47 @@ def test_n_step_targets_allocates_float32_results() -> None:
     assert targets.returns.dtype == np.float32 and targets.discounts.dtype == np.float32
     np.testing.assert_allclose(targets.returns[:, 0], [1.5, 1.5])
     np.testing.assert_allclose(targets.discounts[:, 0], [0.25, 0.25])
+
+
+@pytest.mark.parametrize("cls, space", [(PrioritizedReplayBuffer, OBS), (DictPrioritizedReplayBuffer, DICT_OBS)])
+def test_both_buffers_default_to_pers_paper_values_on_the_auto_device(cls, space) -> None:
+    buffer = cls(8, space, ACT)  # every default, as an SB3 algorithm builds it without replay_buffer_kwargs
+    from stable_baselines3.common.utils import get_device
+
+    assert (buffer.device, buffer.n_envs, buffer.alpha, buffer.beta, buffer.epsilon, buffer.n_steps,
+            buffer.gamma, buffer.warn_uniform_after) == (get_device("auto"), 1, 0.5, 0.4, 1e-6, 1, 0.99, 1000)
+    assert buffer.handle_timeout_termination is True and buffer.optimize_memory_usage is False
+
+
+def test_messages_say_what_happened_and_what_to_do() -> None:
+    """The errors and the warning in full: a user reads these, so their words are behaviour."""
+    import re
+
+    empty = PrioritizedReplayBuffer(8, OBS, ACT, device="cpu")
+    with pytest.raises(ValueError, match=r"^cannot sample from an empty PrioritizedReplayBuffer$"):
+        empty.sample(1)
+    empty.full = True
+    with pytest.raises(ValueError, match="^" + re.escape(
+            "cannot sample: size() reports 8 transitions but none has a priority. Transitions get one in add(); "
+            "setting full or pos directly gives them none: call update_priorities(indices, priorities) for them "
+            "first") + "$"):
+        empty.sample(1)
+    buffer = PrioritizedReplayBuffer(8, OBS, ACT, device="cpu", warn_uniform_after=1)
+    fill(buffer, 2)
+    with pytest.raises(ValueError, match="^" + re.escape(
+            "priorities must be finite and non-negative (got NaN, inf or a negative value)") + "$"):
+        buffer.update_priorities(np.array([0]), np.array([-1.0]))
+    with pytest.warns(UserWarning) as caught:
+        buffer.sample(1)
+    assert str(caught[0].message) == (
+        "PrioritizedReplayBuffer was sampled 1 times and update_priorities was never called: every priority is "
+        "still the initial one, so sampling is uniform and every importance weight is 1 (SB3's DQN and other SB3 "
+        "algorithms never call update_priorities). For prioritised replay, call "
+        "buffer.update_priorities(samples.indices, abs_td_errors) after each gradient step, or use "
+        "rlgen_plugins.rainbow.Rainbow with prioritized_replay=True and the other components off (prioritised "
+        "DQN). warn_uniform_after=None silences this.")
+    with pytest.raises(ValueError, match="^" + re.escape(
+            "optimize_memory_usage must be False for DictPrioritizedReplayBuffer (as SB3's Dict buffer)") + "$"):
+        DictPrioritizedReplayBuffer(8, DICT_OBS, ACT, device="cpu", optimize_memory_usage=True)
+    with pytest.raises(ValueError, match=r"^observation_space must be a gymnasium.spaces.Dict, got Box$"):
+        DictPrioritizedReplayBuffer(8, OBS, ACT, device="cpu")
