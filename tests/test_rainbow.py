@@ -390,3 +390,26 @@ def test_presets_build_models() -> None:
     assert atari["policy"] == "CnnPolicy" and atari["n_steps"] == 3 and atari["policy_kwargs"]["n_atoms"] == 51
     minatar = load_preset("rainbow", "MinAtar/SpaceInvaders-v1")
     assert minatar["policy_kwargs"]["features_extractor_class"] is MinAtarCNN
+
+
+def test_atari_preset_trains_on_stacked_frames_with_each_frame_stored_once() -> None:
+    """The Atari preset's replay (PER, n-step, frame_stack_dedup) inside Rainbow, on 84x84 frames stacked by four."""
+    from stable_baselines3.common.vec_env import VecFrameStack
+
+    from rlgen_plugins.cli.presets import load_preset
+
+    preset = load_preset("rainbow", "PongNoFrameskip-v4")
+    assert preset["buffer_size"] == 1_000_000 and preset["replay_buffer_kwargs"]["frame_stack_dedup"] is True
+    for key in ("n_timesteps", "frame_stack", "policy"):
+        preset.pop(key)
+    preset.update(buffer_size=400, learning_starts=64, target_update_interval=50, seed=0,
+                  policy_kwargs=dict(preset["policy_kwargs"], net_arch=[16]))
+    env = VecFrameStack(make_vec_env(FakeImageEnv, n_envs=1, seed=0), 4)
+    model = Rainbow("CnnPolicy", env, **preset)
+    model.learn(160)
+    buffer = model.replay_buffer
+    assert buffer.frames is not None and model._n_updates == (160 - 64) // 4
+    batch = buffer.sample(8)
+    assert batch.observations.shape == batch.next_observations.shape == (8, 4, 84, 84)
+    frame_bytes = 84 * 84  # one frame per row (plus a few per episode start), not four
+    assert buffer.frames.nbytes < 1.5 * 400 * frame_bytes and not hasattr(buffer, "observations")
