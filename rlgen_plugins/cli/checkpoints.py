@@ -256,11 +256,12 @@ def config_differences(saved: dict[str, Any], expected: dict[str, Any]) -> list[
 
 def load_checkpoint(path: str | Path, algo_cls: type[BaseAlgorithm], env: Any,
                     expected_config: dict[str, Any] | None = None, device: th.device | str = "auto",
-                    **load_kwargs: Any) -> BaseAlgorithm:
+                    state: dict[str, Any] | None = None, **load_kwargs: Any) -> BaseAlgorithm:
     """The model of checkpoint ``path`` on ``env`` with its replay buffer, optimizer and random states; a
-    ``CheckpointError`` names a damaged file, another algorithm or a difference from ``expected_config``."""
+    ``CheckpointError`` names a damaged file, another algorithm or a difference from ``expected_config``.
+    ``state``: what ``read_checkpoint(path)`` returned, when the caller has verified it already (not verified again)."""
     path = Path(path)
-    state = read_checkpoint(path)
+    state = read_checkpoint(path) if state is None else state
     if state.get("algo") != _algo_name(algo_cls):
         raise CheckpointError(f"checkpoint {path} was written by {state.get('algo')}, not {_algo_name(algo_cls)}")
     if expected_config is not None:

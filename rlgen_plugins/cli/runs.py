@@ -235,7 +235,7 @@ def train(algo: str, env_id: str, *, timesteps: int | None = None, seed: int | N
     try:
         checkpoint = resuming.checkpointer(out, save_freq, keep_checkpoints, run_config)
         if resume_from is not None:
-            model = ckpt.load_checkpoint(resume_from, algo_cls, env, run_config, device=device)
+            model = ckpt.load_checkpoint(resume_from, algo_cls, env, run_config, device=device, state=resume_state)
         else:
             model = algo_cls(policy, env, seed=seed, verbose=verbose, device=device, **hyperparams)
         extra_callbacks = [factory() for factory in callback_factories]
