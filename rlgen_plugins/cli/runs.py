@@ -9,7 +9,6 @@ import difflib
 import functools
 import glob
 import inspect
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,13 +21,12 @@ import registry
 from rlgen_plugins.cli.errors import UsageError
 from rlgen_plugins.cli.envs import (VEC_NORMALIZE_FILE, check_env_id, check_spaces, default_policy,
                                     load_vec_normalize, make_env)
-from rlgen_plugins.cli.files import save_atomically, write_text_atomically
+from rlgen_plugins.cli.files import RUN_INFO_FILE, jsonable, read_run_record, save_atomically, write_json_atomically
 from rlgen_plugins.cli.presets import RUN_KEYS, class_factories, find_preset, load_preset, normalize_hyperparams
 
 __all__ = ["TrainResult", "TrainingInterrupted", "check_env_id", "default_policy", "evaluate", "make_env",
            "output_folder", "parse_overrides", "train"]
 
-RUN_INFO_FILE = "rlgen.json"
 #: What ``rlgen train`` writes into a run folder (``--overwrite`` removes these first).
 RUN_FILES = ("model.zip", "best_model.zip", "evaluations.csv", "evaluations.npz", "learning_curve.png",
              RUN_INFO_FILE, VEC_NORMALIZE_FILE)
@@ -132,10 +130,6 @@ def factory_spec(factory: Any) -> dict[str, dict[str, Any]]:
     return {f"{func.__module__}:{func.__qualname__}": kwargs}
 
 
-def write_json_atomically(data: dict, path: Path) -> None:
-    write_text_atomically(path, json.dumps(data, indent=2, default=str) + "\n")
-
-
 def plot_learning_curve(timesteps: Sequence[int], means: Sequence[float], stds: Sequence[float], path: Path,
                         title: str, threshold: float | None = None) -> None:
     """Mean evaluation return against environment steps, with a one-std band and the solved threshold."""
@@ -212,7 +206,7 @@ def train(algo: str, env_id: str, *, timesteps: int | None = None, seed: int | N
 
     out, resume_from, resume_state = (resuming.resume_source(output, resume) if resume is not None
                                       else (output_folder(output, overwrite), None, {}))
-    previous = resuming.previous_record(out, RUN_INFO_FILE) if resume_from is not None else {}
+    previous = read_run_record(out) if resume_from is not None else {}
     if save_freq is None and resume_from is not None:
         save_freq, keep_checkpoints = previous.get("save_freq"), previous.get("keep_checkpoints", keep_checkpoints)
     if seed is None and resume_from is not None:  # the interrupted run's seed
@@ -223,15 +217,16 @@ def train(algo: str, env_id: str, *, timesteps: int | None = None, seed: int | N
     env = make_env(env_id, n_envs=n_envs, seed=seed, gamma=gamma, vec_env=vec_env, **env_options)
     eval_env = make_env(env_id, n_envs=1, seed=seed + 10_000, gamma=gamma, training=False, **env_options)
     policy = hyperparams.pop("policy", None) or default_policy(env.observation_space)
-    record = {  # rlgen.json, written now (status "running") and completed at the end, like rl-zoo3's config.yml
+    # rlgen.json, written now (status "running") and completed at the end, like rl-zoo3's config.yml; as JSON
+    # (classes and functions by dotted name, other objects by address-free repr), which is also what a resume matches
+    record = jsonable({
         "algo": algo, "env": env_id, "seed": seed, "n_envs": n_envs, "total_timesteps": total,
         "policy": policy if isinstance(policy, str) else f"{policy.__module__}:{policy.__qualname__}",
         "env_options": {k: v for k, v in env_options.items() if k in ("frame_stack", "env_kwargs", "normalize")},
         "env_wrapper": [factory_spec(w) for w in env_options.get("env_wrapper", [])],
-        "hyperparams": {k: v if isinstance(v, (int, float, str, bool, list, dict, type(None))) else repr(v)
-                        for k, v in hyperparams.items()},
-    }
-    run_config = resuming.run_config(record, hyperparams)  # taken before the model adds to the dicts it is given
+        "hyperparams": hyperparams,
+    })
+    run_config = dict(record)  # taken before the model adds to the dicts it is given
     try:
         checkpoint = resuming.checkpointer(out, save_freq, keep_checkpoints, run_config)
         if resume_from is not None:
@@ -251,7 +246,7 @@ def train(algo: str, env_id: str, *, timesteps: int | None = None, seed: int | N
     out.mkdir(parents=True, exist_ok=True)
     record.update(vec_env=vec_env, save_freq=save_freq, keep_checkpoints=keep_checkpoints if save_freq else None,
                   resumed_from=None if resume_from is None else str(resume_from))
-    write_json_atomically({**record, "status": "running"}, out / RUN_INFO_FILE)
+    write_json_atomically(out / RUN_INFO_FILE, {**record, "status": "running"})
     if resume_from is not None:
         echo(f"resuming from {resume_from} (step {model.num_timesteps} of {total}); episodes in progress restart")
     echo(f"training {algo} on {env_id} for {total} steps (seed {seed}); writing to {out}")
@@ -290,11 +285,11 @@ def train(algo: str, env_id: str, *, timesteps: int | None = None, seed: int | N
         writer.writerow(["timesteps", "mean_return", "std_return", "episodes"])
         writer.writerows((t, f"{m:.4f}", f"{s:.4f}", len(r)) for t, m, s, r in zip(steps, means, stds, returns))
     plot_learning_curve(steps, means, stds, paths.curve_path, f"{algo} on {env_id}", threshold=target_reward)
-    write_json_atomically({
+    write_json_atomically(paths.info_path, {
         **record, "status": "interrupted" if interrupted else "finished", "timesteps": paths.timesteps,
         "last_mean_return": paths.last_mean_reward, "solved_at": solved_at, "interrupted": interrupted,
         "best_mean_return": max(means) if means else None, "best_model_timesteps": on_new_best.best_timesteps,
-    }, paths.info_path)
+    })
     if stopped:
         raise ckpt.StoppedBySignal(checkpoint.signal_received, checkpoint.last_checkpoint)
     if interrupted:
@@ -315,7 +310,7 @@ def evaluate(model_path: str | Path, env_id: str | None = None, *, episodes: int
     if not path.is_file():
         raise UsageError(f"model file {path} does not exist")
     info_path = path.with_name(RUN_INFO_FILE)
-    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    info = read_run_record(path.parent)
     algo = algo or info.get("algo")
     if algo is None:
         raise UsageError(f"cannot tell which algorithm saved {path} (no {RUN_INFO_FILE} beside it); pass --algo")
