@@ -88,16 +88,19 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     return overrides
 
 
-def build_hyperparams(algo: str, env_id: str, hyperparams_file: str | None, overrides: dict[str, Any]) -> dict:
-    """Shipped preset, then the user's file, then ``-p`` overrides (later wins)."""
+def build_hyperparams(algo: str, env_id: str, hyperparams_file: str | None,
+                      overrides: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """Shipped preset, then the user's file, then ``-p`` overrides (later wins); and where the shipped preset came
+    from (``None``: no plugin has one)."""
     try:
-        hyperparams = load_preset(algo, env_id)
+        raw, origin = find_preset(algo, env_id)
+        hyperparams = normalize_hyperparams(raw)
         if hyperparams_file:
             hyperparams.update(load_preset(algo, env_id, path=hyperparams_file))
         hyperparams.update(normalize_hyperparams(overrides))
     except (FileNotFoundError, ValueError, ImportError, AttributeError) as exc:
         raise UsageError(str(exc)) from None
-    return hyperparams
+    return hyperparams, origin
 
 
 def check_hyperparams(algo_cls: type, algo: str, hyperparams: dict[str, Any]) -> None:
@@ -188,7 +191,7 @@ def train(algo: str, env_id: str, *, timesteps: int | None = None, seed: int | N
     for flag, value in (("--timesteps", timesteps), ("--n-envs", n_envs)):
         if value is not None and value < 1:
             raise UsageError(f"{flag} must be a positive integer, got {value}")
-    hyperparams = build_hyperparams(algo, env_id, hyperparams_file, overrides or {})
+    hyperparams, origin = build_hyperparams(algo, env_id, hyperparams_file, overrides or {})
     check_hyperparams(algo_cls, algo, hyperparams)
     total = int(timesteps if timesteps is not None else hyperparams.pop("n_timesteps", 0) or 100_000)
     hyperparams.pop("n_timesteps", None)
@@ -199,7 +202,6 @@ def train(algo: str, env_id: str, *, timesteps: int | None = None, seed: int | N
     callback_factories = hyperparams.pop("callback", [])
     if total < 1 or n_envs < 1:
         raise UsageError(f"the preset's n_timesteps ({total}) and n_envs ({n_envs}) must be positive")
-    origin = find_preset(algo, env_id)[1]
     if origin is None and not hyperparams_file:
         echo(f"no preset for {algo} on {env_id} (rlgen plugins lists the presets): running on "
              f"{algo_cls.__name__}'s class defaults for {total} steps")
