@@ -140,13 +140,13 @@ class TrainConfig:
             raise ValueError(f"ema_power must be > 0, got {self.ema_power}")
 
     def check_scheduler_names(self) -> None:
-        """``preview_scheduler`` must be a scheduler registered by name (``registry.names("schedulers")``)."""
+        """``preview_scheduler`` must be a scheduler registered by name (the registry's check, which lists them)."""
         import registry
 
-        names = registry.names("schedulers")
-        if self.preview_scheduler not in names:
-            raise ValueError(f"preview_scheduler={self.preview_scheduler!r} is not registered; choose one of "
-                             f"{', '.join(names)}")
+        try:
+            registry.default_registry().check("schedulers", self.preview_scheduler)
+        except registry.UnknownComponentError as exc:
+            raise ValueError(f"preview_scheduler={self.preview_scheduler!r} is not registered: {exc}") from None
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -26,13 +26,6 @@ class UnknownSchedulerError(ValueError):
     """Scheduler name not registered."""
 
 
-def scheduler_names() -> list[str]:
-    """Scheduler names registered by the plugins (``registry.names("schedulers")``)."""
-    import registry
-
-    return registry.names("schedulers")
-
-
 def _scheduler_class(name: str, base: Any):
     """The class registered under ``name``; ``"ddpm"`` keeps the trained scheduler's own class."""
     import registry
@@ -41,9 +34,8 @@ def _scheduler_class(name: str, base: Any):
         return type(base)
     try:
         return registry.get("schedulers", name)
-    except LookupError as exc:
-        raise UnknownSchedulerError(
-            f"unknown scheduler {name!r}; choose one of {', '.join(scheduler_names())}") from exc
+    except LookupError as exc:  # the registry's message lists every registered name
+        raise UnknownSchedulerError(str(exc)) from exc
 
 
 def sampling_scheduler(base: Any, name: str = "ddpm"):
