@@ -110,11 +110,19 @@ class BatchOrder:
         self.global_bs = min(batch_size * world, n)
         self.per_epoch = max(1, n // self.global_bs)
         self.share = max(1, self.global_bs // world)
+        self._epoch: int | None = None  # the epoch whose permutation _perm holds
+        self._perm = torch.empty(0, dtype=torch.long)
+
+    def permutation(self, epoch: int) -> torch.Tensor:
+        """Epoch ``epoch``'s order of the ``n`` samples (the current epoch's is kept; callers must not modify it)."""
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm, self._epoch = torch.randperm(self.n, generator=g), epoch
+        return self._perm
 
     def global_indices(self, micro_batch: int) -> torch.Tensor:
         epoch, i = divmod(micro_batch, self.per_epoch)
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        perm = torch.randperm(self.n, generator=g)
+        perm = self.permutation(epoch)
         return perm[i * self.global_bs:(i + 1) * self.global_bs][: self.share * self.world]
 
     def indices(self, micro_batch: int, rank: int = 0) -> torch.Tensor:
