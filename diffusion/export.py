@@ -125,9 +125,10 @@ def model_card(unet: Any, scheduler: Any, config: Any = None, has_grid: bool = F
 
 
 def update_model_card(model_dir: str | os.PathLike, config: Any = None,
-                      evaluation: dict[str, Any] | None = None) -> Path:
-    """Rewrite a pipeline folder's model card (after an evaluation, say)."""
+                      evaluation: dict[str, Any] | None = None, pipe: Any = None) -> Path:
+    """Rewrite a pipeline folder's model card (after an evaluation, say); ``pipe``: that folder's pipeline when the
+    caller has it loaded already (it is not loaded again)."""
     folder = find_pipeline_dir(model_dir)
-    pipe = load_pipeline(folder)
+    pipe = load_pipeline(folder) if pipe is None else pipe
     text = model_card(pipe.unet, pipe.scheduler, config, (folder / GRID).is_file(), evaluation)
     return write_text_atomically(folder / CARD, text)

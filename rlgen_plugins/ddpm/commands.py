@@ -255,7 +255,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from diffusion.files import write_text_atomically
 
     write_text_atomically(out, json.dumps(report.to_json(), indent=2))
-    update_model_card(args.model_dir, read_run_config(args.model_dir), report.to_json())
+    update_model_card(args.model_dir, read_run_config(args.model_dir), report.to_json(), pipe=pipe)
     print(json.dumps(report.to_json()) if args.json else format_report(report))
     print(out)
     return 0
