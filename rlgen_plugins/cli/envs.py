@@ -17,6 +17,18 @@ VEC_NORMALIZE_FILE = "vecnormalize.pkl"
 VEC_ENVS = ("dummy", "subproc")
 
 
+def _register_minatar(env_id: str) -> None:
+    """Register MinAtar's ids in this process's gymnasium registry (gymnasium >= 1.0 no longer loads MinAtar's entry
+    point; a SubprocVecEnv worker starts from a fresh registry), unless ``env_id`` is there already."""
+    if env_id in gym.registry:
+        return
+    try:
+        from minatar.gym import register_envs
+    except ImportError:
+        raise UsageError(f"environment {env_id!r} needs MinAtar: pip install 'rlgen[minatar]'") from None
+    register_envs()
+
+
 def check_env_id(env_id: str) -> None:
     """Fail with a one-line message and close matches when gymnasium does not know ``env_id``."""
     if is_atari(env_id):
@@ -24,12 +36,8 @@ def check_env_id(env_id: str) -> None:
             import ale_py  # noqa: F401  (registers the Atari environments)
         except ImportError:
             raise UsageError(f"environment {env_id!r} needs ale-py: pip install 'rlgen[atari]'") from None
-    if env_id.startswith("MinAtar/") and env_id not in gym.registry:
-        try:
-            from minatar.gym import register_envs  # gymnasium >= 1.0 no longer loads MinAtar's entry point
-        except ImportError:
-            raise UsageError(f"environment {env_id!r} needs MinAtar: pip install 'rlgen[minatar]'") from None
-        register_envs()
+    if env_id.startswith("MinAtar/"):
+        _register_minatar(env_id)
     try:
         gym.spec(env_id)
     except gym.error.Error:
@@ -42,10 +50,7 @@ def check_env_id(env_id: str) -> None:
 def make_minatar(env_id: str, **kwargs: Any) -> gym.Env:
     """``gym.make`` of a MinAtar id after registering MinAtar's ids in this process: a SubprocVecEnv worker starts
     from a fresh registry that lacks them."""
-    if env_id not in gym.registry:
-        from minatar.gym import register_envs
-
-        register_envs()
+    _register_minatar(env_id)
     return gym.make(env_id, **kwargs)
 
 
