@@ -297,6 +297,7 @@ class RunCheckpoint(BaseCallback):
         self.signal_received: int | None = None
         self.last_checkpoint: Path | None = None
         self._next_due = self.save_freq
+        self._writable = False  # check_writable passed since the last learn() began
         self._in_rollout = self._stop = False  # _in_rollout: after a rollout's first step, before its end
 
     @property
@@ -315,15 +316,22 @@ class RunCheckpoint(BaseCallback):
             os.rmdir(tempfile.mkdtemp(prefix=".step_probe.", suffix=".tmp", dir=self.directory))
         except OSError as exc:
             raise CheckpointError(f"cannot write checkpoints into {self.directory}: {exc.strerror or exc}") from None
+        self._writable = True
 
     def _init_callback(self) -> None:
-        self.check_writable()
+        if not self._writable:  # unless just checked (``rlgen train`` does before building the model)
+            self.check_writable()
+        self._writable = False  # a later learn() checks again
+        self._set_next_due()
+
+    def _set_next_due(self) -> None:
+        """The next checkpoint: the first multiple of ``save_freq`` after the model's current step."""
         self._next_due = (self.model.num_timesteps // self.save_freq + 1) * self.save_freq
 
     def save(self) -> Path:
         """Write a checkpoint of the model now."""
         self.last_checkpoint = _write_checkpoint(self.model, self.directory, self.run_config, self.keep)
-        self._next_due = (self.model.num_timesteps // self.save_freq + 1) * self.save_freq
+        self._set_next_due()
         return self.last_checkpoint
 
     def _on_rollout_start(self) -> None:

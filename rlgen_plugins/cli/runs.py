@@ -188,20 +188,20 @@ def train(algo: str, env_id: str, *, timesteps: int | None = None, seed: int | N
         raise UsageError(str(exc)) from None
     check_env_id(env_id)
     set_threads(threads)
-    for flag, value in (("--timesteps", timesteps), ("--n-envs", n_envs)):
-        if value is not None and value < 1:
-            raise UsageError(f"{flag} must be a positive integer, got {value}")
     hyperparams, origin = build_hyperparams(algo, env_id, hyperparams_file, overrides or {})
     check_hyperparams(algo_cls, algo, hyperparams)
-    total = int(timesteps if timesteps is not None else hyperparams.pop("n_timesteps", 0) or 100_000)
-    hyperparams.pop("n_timesteps", None)
-    n_envs = int(n_envs if n_envs is not None else hyperparams.pop("n_envs", 1))
-    hyperparams.pop("n_envs", None)
+    preset_total, preset_envs = hyperparams.pop("n_timesteps", None), hyperparams.pop("n_envs", 1)
+    given = {"--timesteps": timesteps, "--n-envs": n_envs}
+    total = int(timesteps if timesteps is not None else preset_total or 100_000)
+    n_envs = int(n_envs if n_envs is not None else preset_envs)
+    for flag, value in (("--timesteps", total), ("--n-envs", n_envs)):  # the one check of each (CLI and Python)
+        if value < 1 and given[flag] is not None:
+            raise UsageError(f"{flag} must be a positive integer, got {value}")
+        if value < 1:
+            raise UsageError(f"the preset's n_timesteps ({total}) and n_envs ({n_envs}) must be positive")
     env_options = {k: hyperparams.pop(k) for k in ("frame_stack", "env_wrapper", "env_kwargs", "normalize")
                    if k in hyperparams}
     callback_factories = hyperparams.pop("callback", [])
-    if total < 1 or n_envs < 1:
-        raise UsageError(f"the preset's n_timesteps ({total}) and n_envs ({n_envs}) must be positive")
     if origin is None and not hyperparams_file:
         echo(f"no preset for {algo} on {env_id} (rlgen plugins lists the presets): running on "
              f"{algo_cls.__name__}'s class defaults for {total} steps")
