@@ -157,8 +157,3 @@ class TrainConfig:
     def from_json(cls, data: dict[str, Any]) -> "TrainConfig":
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
-
-    def run_settings(self) -> dict[str, Any]:
-        """The values of ``RUN_FIELDS`` (what a resumed run must share with its checkpoint)."""
-        d = self.to_json()
-        return {k: d[k] for k in RUN_FIELDS}

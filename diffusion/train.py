@@ -28,15 +28,14 @@ from typing import Any, Callable
 
 import torch
 
-from .checkpoints import (CheckpointError, LaunchError, NonFiniteLossError, TrainingError,  # noqa: F401
-                          checkpoint_dir, checkpoint_path, list_checkpoints, load_checkpoint, prepare_run_folder,
-                          read_run_config, rng_state, set_rng_state, write_checkpoint, write_run_config)
-from .config import LOSSES, LR_SCHEDULES, PREDICTION_TYPES, RUN_FIELDS, TrainConfig  # noqa: F401
+from .checkpoints import (CheckpointError, NonFiniteLossError, checkpoint_path, prepare_run_folder, rng_state,
+                          set_rng_state, write_checkpoint, write_run_config)
+from .config import TrainConfig
 from .data import load_training_data
-from .export import load_pipeline, save_pipeline  # noqa: F401
+from .export import save_pipeline
 from .launch import make_accelerator
 from .sampling import generate, sampling_scheduler, save_gif, save_grid
-from .training_parts import (BatchOrder, LoaderBatches, StopFlag, build_scheduler, build_unet,  # noqa: F401
+from .training_parts import (BatchOrder, LoaderBatches, StopFlag, build_scheduler, build_unet,
                              diffusion_loss, lr_factor, stack_pixels, training_target)
 
 # Clock of the time budget and of time-based schedules (a function so tests can substitute a fake clock).

@@ -24,8 +24,7 @@ from rlgen_plugins.cli.envs import (VEC_NORMALIZE_FILE, check_env_id, check_spac
 from rlgen_plugins.cli.files import RUN_INFO_FILE, jsonable, read_run_record, save_atomically, write_json_atomically
 from rlgen_plugins.cli.presets import RUN_KEYS, class_factories, find_preset, load_preset, normalize_hyperparams
 
-__all__ = ["TrainResult", "TrainingInterrupted", "check_env_id", "default_policy", "evaluate", "make_env",
-           "output_folder", "parse_overrides", "train"]
+__all__ = ["TrainResult", "TrainingInterrupted", "evaluate", "output_folder", "parse_overrides", "train"]
 
 #: What ``rlgen train`` writes into a run folder (``--overwrite`` removes these first).
 RUN_FILES = ("model.zip", "best_model.zip", "evaluations.csv", "evaluations.npz", "learning_curve.png",
