@@ -21,11 +21,14 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .files import replace_folder_atomically, write_text_atomically
+
+if TYPE_CHECKING:
+    from .pipeline import UnconditionalPipeline
 
 MODEL_INDEX = "model_index.json"
 CARD = "README.md"
@@ -74,7 +77,7 @@ def find_pipeline_dir(model_dir: str | os.PathLike) -> Path:
     return model_dir
 
 
-def load_pipeline(model_dir: str | os.PathLike):
+def load_pipeline(model_dir: str | os.PathLike) -> UnconditionalPipeline:
     """Load a trained pipeline from a run folder (or its ``pipeline/`` subfolder) with the installed classes."""
     from .pipeline import UnconditionalPipeline
     from .scheduler import NoiseScheduler

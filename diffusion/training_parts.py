@@ -7,15 +7,19 @@ from __future__ import annotations
 import math
 import signal
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
 from .config import TrainConfig
 
+if TYPE_CHECKING:
+    from .scheduler import NoiseScheduler
+    from .unet import UNet
 
-def build_unet(config: TrainConfig):
+
+def build_unet(config: TrainConfig) -> UNet:
     """The hand-written U-Net sized from the config."""
     from .unet import UNet
 
@@ -26,7 +30,7 @@ def build_unet(config: TrainConfig):
     )
 
 
-def build_scheduler(config: TrainConfig):
+def build_scheduler(config: TrainConfig) -> NoiseScheduler:
     """The DDPM noise scheduler; 'trailing' spacing so few-step DDIM/DPM-Solver++ start at the last timestep."""
     from .scheduler import NoiseScheduler
 

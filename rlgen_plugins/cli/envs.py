@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import gymnasium as gym
 
 from rlgen_plugins.cli.errors import UsageError
 from rlgen_plugins.cli.presets import is_atari
+
+if TYPE_CHECKING:
+    from stable_baselines3.common.vec_env import VecEnv
 
 VEC_NORMALIZE_FILE = "vecnormalize.pkl"
 #: ``--vec-env`` choices: SB3's DummyVecEnv (all envs in this process) and SubprocVecEnv (one process each, started
@@ -57,7 +60,7 @@ def make_minatar(env_id: str, **kwargs: Any) -> gym.Env:
 def make_env(env_id: str, n_envs: int = 1, seed: int | None = None, frame_stack: int | None = None,
              env_wrapper: Sequence[Callable] | Callable | None = None, env_kwargs: dict | None = None,
              normalize: bool | dict | None = None, gamma: float | None = None, training: bool = True,
-             vec_env: str = "dummy"):
+             vec_env: str = "dummy") -> VecEnv:
     """A VecEnv for ``env_id`` built as rl-zoo3 builds it.
 
     ``env_wrapper`` (one or a list of wrapper factories) wraps each environment over SB3's Monitor, so Monitor (and
