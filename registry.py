@@ -48,6 +48,7 @@ __all__ = [
     "RegistryError",
     "UnknownComponentError",
     "UnknownKindError",
+    "builtins_first",
     "get",
     "hookimpl",
     "hookspec",
@@ -65,6 +66,12 @@ ENTRY_POINT_GROUP = "rlgen"
 DISABLE_ENV_VAR = "RLGEN_DISABLE_PLUGINS"
 #: The project's own plugins: their presets are looked up before any other plugin's.
 BUILTIN_PLUGINS = ("rlgen-rainbow", "rlgen-diffusion")
+
+
+def builtins_first(plugin: str) -> tuple[bool, str]:
+    """Sort key of plugin names: the built-in plugins first, then the others by name (presets, commands)."""
+    return plugin not in BUILTIN_PLUGINS, plugin
+
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
@@ -466,7 +473,7 @@ class Registry:
         with self._lock:
             self.load()
             found = [p for p in self._presets if p.algo == algo]
-        return sorted(found, key=lambda p: (p.plugin not in BUILTIN_PLUGINS, p.plugin))
+        return sorted(found, key=lambda p: builtins_first(p.plugin))
 
     def owner(self, kind: str, name: str) -> str:
         """The plugin that registered a component (for attribution in messages)."""

@@ -70,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     from diffusion.evaluate import evaluate_model
     from diffusion.sampling import generate, sampling_scheduler, save_grid
-    from diffusion.train import TrainConfig, load_pipeline, train
+    from diffusion.config import TrainConfig
+    from diffusion.export import load_pipeline
+    from diffusion.train import train
 
     out = Path(args.output or f"runs/bench-digits-{time.strftime('%Y%m%d-%H%M%S')}")
     config = TrainConfig(
@@ -85,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.skip_train:
         if args.output is None:
             parser.error("--skip-train needs --output (the run to evaluate)")
-        from diffusion.train import list_checkpoints, load_checkpoint
+        from diffusion.checkpoints import list_checkpoints, load_checkpoint
 
         train_steps = int(load_checkpoint(list_checkpoints(out)[-1])["step"])
     else:

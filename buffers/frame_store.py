@@ -197,7 +197,7 @@ class FrameStackReplayBuffer(ReplayBuffer):
     84x84x4 uint8: about 7.5 KB against SB3's 28 KB with ``optimize_memory_usage``.
     """
 
-    frames: FrameStore | None = None  # class default, so buffers pickled before this attribute existed still load
+    frames: FrameStore | None = None  # None: frame_stack_dedup=False (plain ReplayBuffer storage, never set)
 
     def __init__(
         self,

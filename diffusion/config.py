@@ -140,13 +140,13 @@ class TrainConfig:
             raise ValueError(f"ema_power must be > 0, got {self.ema_power}")
 
     def check_scheduler_names(self) -> None:
-        """``preview_scheduler`` must be a scheduler registered by name (``registry.names("schedulers")``)."""
+        """``preview_scheduler`` must be a scheduler registered by name (the registry's check, which lists them)."""
         import registry
 
-        names = registry.names("schedulers")
-        if self.preview_scheduler not in names:
-            raise ValueError(f"preview_scheduler={self.preview_scheduler!r} is not registered; choose one of "
-                             f"{', '.join(names)}")
+        try:
+            registry.default_registry().check("schedulers", self.preview_scheduler)
+        except registry.UnknownComponentError as exc:
+            raise ValueError(f"preview_scheduler={self.preview_scheduler!r} is not registered: {exc}") from None
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -157,8 +157,3 @@ class TrainConfig:
     def from_json(cls, data: dict[str, Any]) -> "TrainConfig":
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
-
-    def run_settings(self) -> dict[str, Any]:
-        """The values of ``RUN_FIELDS`` (what a resumed run must share with its checkpoint)."""
-        d = self.to_json()
-        return {k: d[k] for k in RUN_FIELDS}

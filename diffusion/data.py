@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:
+    import datasets
+    from torchvision import transforms
 
 DIGITS = "digits"
 """Name of the offline default dataset (scikit-learn's handwritten digits)."""
@@ -119,7 +123,8 @@ def num_classes(dataset) -> int:
     return int(max(dataset[col])) + 1
 
 
-def build_transform(image_size: int, channels: int = 1, random_flip: bool = False, center_crop: bool = True):
+def build_transform(image_size: int, channels: int = 1, random_flip: bool = False,
+                    center_crop: bool = True) -> transforms.Compose:
     """Torchvision transform from a PIL image of any size/mode to a (C, S, S) float tensor in [-1, 1].
 
     The short side is resized to ``image_size``, then the square is cut from the centre (``center_crop``) or at a
@@ -141,8 +146,8 @@ def build_transform(image_size: int, channels: int = 1, random_flip: bool = Fals
     return transforms.Compose(steps)
 
 
-def with_image_transform(dataset, image_size: int, channels: int = 1, random_flip: bool = False,
-                         center_crop: bool = True):
+def with_image_transform(dataset: datasets.Dataset, image_size: int, channels: int = 1, random_flip: bool = False,
+                         center_crop: bool = True) -> datasets.Dataset:
     """Attach the transform lazily: items become {"pixel_values": tensor[, "label": int]}."""
     transform = build_transform(image_size, channels, random_flip, center_crop)
     img_col = image_column(dataset)

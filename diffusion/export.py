@@ -21,11 +21,14 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .files import replace_folder_atomically, write_text_atomically
+
+if TYPE_CHECKING:
+    from .pipeline import UnconditionalPipeline
 
 MODEL_INDEX = "model_index.json"
 CARD = "README.md"
@@ -74,7 +77,7 @@ def find_pipeline_dir(model_dir: str | os.PathLike) -> Path:
     return model_dir
 
 
-def load_pipeline(model_dir: str | os.PathLike):
+def load_pipeline(model_dir: str | os.PathLike) -> UnconditionalPipeline:
     """Load a trained pipeline from a run folder (or its ``pipeline/`` subfolder) with the installed classes."""
     from .pipeline import UnconditionalPipeline
     from .scheduler import NoiseScheduler
@@ -125,9 +128,10 @@ def model_card(unet: Any, scheduler: Any, config: Any = None, has_grid: bool = F
 
 
 def update_model_card(model_dir: str | os.PathLike, config: Any = None,
-                      evaluation: dict[str, Any] | None = None) -> Path:
-    """Rewrite a pipeline folder's model card (after an evaluation, say)."""
+                      evaluation: dict[str, Any] | None = None, pipe: Any = None) -> Path:
+    """Rewrite a pipeline folder's model card (after an evaluation, say); ``pipe``: that folder's pipeline when the
+    caller has it loaded already (it is not loaded again)."""
     folder = find_pipeline_dir(model_dir)
-    pipe = load_pipeline(folder)
+    pipe = load_pipeline(folder) if pipe is None else pipe
     text = model_card(pipe.unet, pipe.scheduler, config, (folder / GRID).is_file(), evaluation)
     return write_text_atomically(folder / CARD, text)

@@ -10,13 +10,16 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from PIL import Image
 
 from diffusion.pipeline import denoise
 from .files import replace_atomically
+
+if TYPE_CHECKING:
+    from diffusers import SchedulerMixin
 
 # Settings a scheduler kind gets on top of the trained config (see `sampling_scheduler` for the lambda clip).
 _EXTRA_CONFIG = {"dpm-solver++": {"algorithm_type": "dpmsolver++", "solver_order": 2, "lambda_min_clipped": -5.1}}
@@ -26,14 +29,7 @@ class UnknownSchedulerError(ValueError):
     """Scheduler name not registered."""
 
 
-def scheduler_names() -> list[str]:
-    """Scheduler names registered by the plugins (``registry.names("schedulers")``)."""
-    import registry
-
-    return registry.names("schedulers")
-
-
-def _scheduler_class(name: str, base: Any):
+def _scheduler_class(name: str, base: Any) -> type[SchedulerMixin]:
     """The class registered under ``name``; ``"ddpm"`` keeps the trained scheduler's own class."""
     import registry
 
@@ -41,12 +37,11 @@ def _scheduler_class(name: str, base: Any):
         return type(base)
     try:
         return registry.get("schedulers", name)
-    except LookupError as exc:
-        raise UnknownSchedulerError(
-            f"unknown scheduler {name!r}; choose one of {', '.join(scheduler_names())}") from exc
+    except LookupError as exc:  # the registry's message lists every registered name
+        raise UnknownSchedulerError(str(exc)) from exc
 
 
-def sampling_scheduler(base: Any, name: str = "ddpm"):
+def sampling_scheduler(base: Any, name: str = "ddpm") -> SchedulerMixin:
     """A fresh scheduler of kind ``name`` built from the trained scheduler's config (same betas and target).
 
     DPM-Solver++ gets the two settings that keep it stable where the trained scheduler ends at a very low

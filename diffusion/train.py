@@ -28,15 +28,14 @@ from typing import Any, Callable
 
 import torch
 
-from .checkpoints import (CheckpointError, LaunchError, NonFiniteLossError, TrainingError,  # noqa: F401
-                          checkpoint_dir, checkpoint_path, list_checkpoints, load_checkpoint, prepare_run_folder,
-                          read_run_config, rng_state, set_rng_state, write_checkpoint, write_run_config)
-from .config import LOSSES, LR_SCHEDULES, PREDICTION_TYPES, RUN_FIELDS, TrainConfig  # noqa: F401
+from .checkpoints import (CheckpointError, NonFiniteLossError, checkpoint_path, prepare_run_folder, rng_state,
+                          set_rng_state, write_checkpoint, write_run_config)
+from .config import TrainConfig
 from .data import load_training_data
-from .export import load_pipeline, save_pipeline  # noqa: F401
+from .export import save_pipeline
 from .launch import make_accelerator
 from .sampling import generate, sampling_scheduler, save_gif, save_grid
-from .training_parts import (BatchOrder, LoaderBatches, StopFlag, build_scheduler, build_unet,  # noqa: F401
+from .training_parts import (BatchOrder, LoaderBatches, StopFlag, build_scheduler, build_unet,
                              diffusion_loss, lr_factor, stack_pixels, training_target)
 
 # Clock of the time budget and of time-based schedules (a function so tests can substitute a fake clock).
@@ -138,9 +137,8 @@ class Run:
 
     # ------------------------------------------------------------------ one optimizer step
     def _images(self, micro_batch: int) -> torch.Tensor:
-        idx = self.order.indices(micro_batch, self.rank)
         if self.cached is not None:
-            clean = self.cached[idx]
+            clean = self.cached[self.order.indices(micro_batch, self.rank)]
         elif self.config.dataloader_num_workers:
             if self._loader is None:
                 from torch.utils.data import DataLoader
@@ -151,7 +149,7 @@ class Run:
                                                num_workers=self.config.dataloader_num_workers))
             clean = next(self._loader)
         else:
-            clean = torch.stack(self.train_ds[idx.tolist()]["pixel_values"])
+            clean = torch.stack(self.train_ds[self.order.indices(micro_batch, self.rank).tolist()]["pixel_values"])
         return clean.to(self.acc.device)
 
     def _step_noise(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -176,7 +174,7 @@ class Run:
         accumulate = c.gradient_accumulation_steps
         for group in self.optimizer.param_groups:
             group["lr"] = c.lr * lr_factor(c, self.step, self.total_steps, now_s)
-        losses = []
+        local = []
         step_noise, step_t = self._step_noise()
         for k in range(accumulate):
             clean = self._images(self.step * accumulate + k)
@@ -187,11 +185,13 @@ class Run:
                 with acc.autocast():
                     pred = self.model(noisy, t).sample
                 loss = diffusion_loss(pred, training_target(self.scheduler, clean, noise, t), c.loss)
-                mean_loss = acc.gather(loss.detach()[None]).mean().item()
-                if not math.isfinite(mean_loss):
-                    self._stop_on_non_finite(mean_loss)
                 acc.backward(loss / accumulate)
-            losses.append(mean_loss)
+            local.append(loss.detach())
+        # One gather and one host sync per step: micro-batch k's loss averaged over the processes.
+        losses = acc.gather(torch.stack(local)).reshape(self.world, accumulate).mean(dim=0).tolist()
+        non_finite = next((x for x in losses if not math.isfinite(x)), None)
+        if non_finite is not None:  # before the update: the weights stay those of the last finite step
+            self._stop_on_non_finite(non_finite)
         grad_norm = None
         if c.grad_clip > 0:
             grad_norm = float(acc.clip_grad_norm_(self.model.parameters(), c.grad_clip))

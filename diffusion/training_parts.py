@@ -7,15 +7,19 @@ from __future__ import annotations
 import math
 import signal
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
 from .config import TrainConfig
 
+if TYPE_CHECKING:
+    from .scheduler import NoiseScheduler
+    from .unet import UNet
 
-def build_unet(config: TrainConfig):
+
+def build_unet(config: TrainConfig) -> UNet:
     """The hand-written U-Net sized from the config."""
     from .unet import UNet
 
@@ -26,7 +30,7 @@ def build_unet(config: TrainConfig):
     )
 
 
-def build_scheduler(config: TrainConfig):
+def build_scheduler(config: TrainConfig) -> NoiseScheduler:
     """The DDPM noise scheduler; 'trailing' spacing so few-step DDIM/DPM-Solver++ start at the last timestep."""
     from .scheduler import NoiseScheduler
 
@@ -110,11 +114,19 @@ class BatchOrder:
         self.global_bs = min(batch_size * world, n)
         self.per_epoch = max(1, n // self.global_bs)
         self.share = max(1, self.global_bs // world)
+        self._epoch: int | None = None  # the epoch whose permutation _perm holds
+        self._perm = torch.empty(0, dtype=torch.long)
+
+    def permutation(self, epoch: int) -> torch.Tensor:
+        """Epoch ``epoch``'s order of the ``n`` samples (the current epoch's is kept; callers must not modify it)."""
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm, self._epoch = torch.randperm(self.n, generator=g), epoch
+        return self._perm
 
     def global_indices(self, micro_batch: int) -> torch.Tensor:
         epoch, i = divmod(micro_batch, self.per_epoch)
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        perm = torch.randperm(self.n, generator=g)
+        perm = self.permutation(epoch)
         return perm[i * self.global_bs:(i + 1) * self.global_bs][: self.share * self.world]
 
     def indices(self, micro_batch: int, rank: int = 0) -> torch.Tensor:

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from rlgen_plugins.cli import presets
+from rlgen_plugins.cli import envs as rl_envs
 from rlgen_plugins.cli import runs as rl_run
 from rlgen_plugins.cli import main
 
@@ -163,7 +164,7 @@ def test_train_without_seed_records_the_seed_it_drew_and_that_seed_repeats_the_r
 def test_minatar_ids_are_registered_on_demand():
     import gymnasium as gym
 
-    rl_run.check_env_id("MinAtar/Breakout-v1")
+    rl_envs.check_env_id("MinAtar/Breakout-v1")
     assert gym.spec("MinAtar/Breakout-v1").entry_point == "minatar.gym:BaseEnv"
 
 

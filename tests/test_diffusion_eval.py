@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 import diffusion.evaluate as deval
+from diffusion.config import TrainConfig
 from diffusion.data import load_digits_dataset, split_holdout, with_image_transform
 from diffusion.evaluate import (
     Classifier,
@@ -17,7 +18,7 @@ from diffusion.evaluate import (
     format_report,
     to_uint8_cpu,
 )
-from diffusion.train import TrainConfig, train
+from diffusion.train import train
 
 
 SETTINGS = {"image_size": 8, "channels": 1}

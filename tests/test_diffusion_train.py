@@ -8,17 +8,11 @@ import torch
 from PIL import Image
 
 import diffusion.train as dtrain
-from diffusion.train import (
-    CheckpointError,
-    NonFiniteLossError,
-    TrainConfig,
-    diffusion_loss,
-    list_checkpoints,
-    load_checkpoint,
-    load_pipeline,
-    train,
-    training_target,
-)
+from diffusion.checkpoints import CheckpointError, NonFiniteLossError, list_checkpoints, load_checkpoint
+from diffusion.config import TrainConfig
+from diffusion.export import load_pipeline
+from diffusion.train import train
+from diffusion.training_parts import diffusion_loss, training_target
 
 
 def tiny(tmp_path, name="run", **overrides) -> TrainConfig:
@@ -199,7 +193,7 @@ def _scalars(out):
 
 
 def test_lr_factor_values():
-    from diffusion.train import lr_factor
+    from diffusion.training_parts import lr_factor
 
     const = TrainConfig(warmup_steps=4)
     assert [lr_factor(const, s, 100) for s in (0, 1, 3, 50, 99)] == [0.25, 0.5, 1.0, 1.0, 1.0]

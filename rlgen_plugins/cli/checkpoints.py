@@ -8,7 +8,6 @@ See docs/checkpoints.md.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import random
@@ -28,7 +27,7 @@ from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 from stable_baselines3.common.type_aliases import MaybeCallback
 
 from rlgen_plugins.cli.errors import UsageError
-from rlgen_plugins.cli.files import replace_atomically
+from rlgen_plugins.cli.files import fsync_dir, jsonable, replace_atomically, sha256, write_json_atomically
 
 CHECKPOINTS_DIR = "checkpoints"
 MODEL_FILE, BUFFER_FILE, STATE_FILE, MANIFEST_FILE = "model.zip", "replay_buffer.pkl", "state.json", "manifest.json"
@@ -49,41 +48,8 @@ class StoppedBySignal(Exception):
         self.checkpoint = checkpoint
 
 
-def _jsonable(value: Any) -> Any:
-    """``value`` as JSON gives it back; classes and functions by dotted name, other objects by address-free repr."""
-
-    def name(obj: Any) -> Any:
-        if isinstance(obj, np.generic):
-            return obj.item()
-        if isinstance(obj, type) or callable(obj) and hasattr(obj, "__qualname__"):
-            return f"{obj.__module__}.{obj.__qualname__}"
-        return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(obj))
-
-    return json.loads(json.dumps(value, default=name, sort_keys=True))
-
-
 def _algo_name(algo_cls: type) -> str:
     return f"{algo_cls.__module__}.{algo_cls.__qualname__}"
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    replace_atomically(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=1) + "\n"), fsync=True)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _random_states(model: BaseAlgorithm) -> dict[str, Any]:
@@ -126,7 +92,11 @@ def write_checkpoint(model: BaseAlgorithm, directory: str | Path, run_config: di
                      keep: int | None = None) -> Path:
     """Write ``directory/step_<num_timesteps>`` (between rollouts, as ``RunCheckpoint`` does), keep the newest
     ``keep``. A failed write raises ``CheckpointError`` and leaves the checkpoints already written as they were."""
-    directory = Path(directory)
+    return _write_checkpoint(model, Path(directory), jsonable(run_config or {}), keep)
+
+
+def _write_checkpoint(model: BaseAlgorithm, directory: Path, config: dict[str, Any], keep: int | None) -> Path:
+    """:func:`write_checkpoint` with ``config`` already as JSON gives it back."""
     final = directory / f"step_{int(model.num_timesteps)}"
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -139,18 +109,18 @@ def write_checkpoint(model: BaseAlgorithm, directory: str | Path, run_config: di
         if getattr(model, "replay_buffer", None) is not None:
             replace_atomically(tmp / BUFFER_FILE, model.save_replay_buffer, suffix=".tmp.pkl", fsync=True)
             files.append(BUFFER_FILE)
-        state = {"format": FORMAT, "algo": _algo_name(type(model)), "config": _jsonable(run_config or {}),
+        state = {"format": FORMAT, "algo": _algo_name(type(model)), "config": config,
                  "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                  **training_state(model), "random_states": _random_states(model)}
-        _write_json(tmp / STATE_FILE, state)
+        write_json_atomically(tmp / STATE_FILE, state, fsync=True)
         files.append(STATE_FILE)
         manifest = {"format": FORMAT, "num_timesteps": int(model.num_timesteps),
-                    "files": {name: {"size": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
+                    "files": {name: {"size": (tmp / name).stat().st_size, "sha256": sha256(tmp / name)}
                               for name in files}}
-        _write_json(tmp / MANIFEST_FILE, manifest)  # last: its presence marks the folder complete
-        _fsync_dir(tmp)
+        write_json_atomically(tmp / MANIFEST_FILE, manifest, fsync=True)  # last: marks the folder complete
+        fsync_dir(tmp)
         _move_into_place(tmp, final)
-        _fsync_dir(directory)
+        fsync_dir(directory)
     except OSError as exc:
         raise CheckpointError(f"could not write checkpoint {final} ({exc.strerror or exc}); "
                               f"the earlier checkpoints in {directory} are kept") from None
@@ -230,7 +200,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             raise corrupt(f"corrupt ({name} is missing or not in {MANIFEST_FILE})")
         if file.stat().st_size != entry["size"]:
             raise corrupt(f"corrupt ({name} has {file.stat().st_size} bytes, {MANIFEST_FILE} says {entry['size']})")
-        if _sha256(file) != entry["sha256"]:
+        if sha256(file) != entry["sha256"]:
             raise corrupt(f"corrupt ({name} does not match its sha256 in {MANIFEST_FILE})")
     try:
         return json.loads((path / STATE_FILE).read_text())
@@ -249,18 +219,19 @@ def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 def config_differences(saved: dict[str, Any], expected: dict[str, Any]) -> list[str]:
     """``"key: A in the checkpoint, B here"`` for every (dotted, nested) key whose value differs."""
-    there, here = _flatten(_jsonable(saved)), _flatten(_jsonable(expected))
+    there, here = _flatten(saved), _flatten(jsonable(expected))  # ``saved``: read from state.json
     return [f"{key}: {there.get(key, '(not set)')} in the checkpoint, {here.get(key, '(not set)')} here"
             for key in sorted({*there, *here}) if there.get(key) != here.get(key)]
 
 
 def load_checkpoint(path: str | Path, algo_cls: type[BaseAlgorithm], env: Any,
                     expected_config: dict[str, Any] | None = None, device: th.device | str = "auto",
-                    **load_kwargs: Any) -> BaseAlgorithm:
+                    state: dict[str, Any] | None = None, **load_kwargs: Any) -> BaseAlgorithm:
     """The model of checkpoint ``path`` on ``env`` with its replay buffer, optimizer and random states; a
-    ``CheckpointError`` names a damaged file, another algorithm or a difference from ``expected_config``."""
+    ``CheckpointError`` names a damaged file, another algorithm or a difference from ``expected_config``.
+    ``state``: what ``read_checkpoint(path)`` returned, when the caller has verified it already (not verified again)."""
     path = Path(path)
-    state = read_checkpoint(path)
+    state = read_checkpoint(path) if state is None else state
     if state.get("algo") != _algo_name(algo_cls):
         raise CheckpointError(f"checkpoint {path} was written by {state.get('algo')}, not {_algo_name(algo_cls)}")
     if expected_config is not None:
@@ -322,10 +293,11 @@ class RunCheckpoint(BaseCallback):
         if keep is not None and (isinstance(keep, bool) or not isinstance(keep, (int, np.integer)) or keep < 1):
             raise CheckpointError(f"--keep-checkpoints must be a positive integer, got {keep!r}")
         self.directory, self.save_freq, self.keep = Path(directory), int(save_freq), keep
-        self.run_config = _jsonable(run_config or {})  # a copy: models may add to the dicts they are given
+        self.run_config = jsonable(run_config or {})  # a copy: models may add to the dicts they are given
         self.signal_received: int | None = None
         self.last_checkpoint: Path | None = None
         self._next_due = self.save_freq
+        self._writable = False  # check_writable passed since the last learn() began
         self._in_rollout = self._stop = False  # _in_rollout: after a rollout's first step, before its end
 
     @property
@@ -344,15 +316,22 @@ class RunCheckpoint(BaseCallback):
             os.rmdir(tempfile.mkdtemp(prefix=".step_probe.", suffix=".tmp", dir=self.directory))
         except OSError as exc:
             raise CheckpointError(f"cannot write checkpoints into {self.directory}: {exc.strerror or exc}") from None
+        self._writable = True
 
     def _init_callback(self) -> None:
-        self.check_writable()
+        if not self._writable:  # unless just checked (``rlgen train`` does before building the model)
+            self.check_writable()
+        self._writable = False  # a later learn() checks again
+        self._set_next_due()
+
+    def _set_next_due(self) -> None:
+        """The next checkpoint: the first multiple of ``save_freq`` after the model's current step."""
         self._next_due = (self.model.num_timesteps // self.save_freq + 1) * self.save_freq
 
     def save(self) -> Path:
         """Write a checkpoint of the model now."""
-        self.last_checkpoint = write_checkpoint(self.model, self.directory, self.run_config, self.keep)
-        self._next_due = (self.model.num_timesteps // self.save_freq + 1) * self.save_freq
+        self.last_checkpoint = _write_checkpoint(self.model, self.directory, self.run_config, self.keep)
+        self._set_next_due()
         return self.last_checkpoint
 
     def _on_rollout_start(self) -> None:

@@ -4,17 +4,32 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import gymnasium as gym
 
 from rlgen_plugins.cli.errors import UsageError
 from rlgen_plugins.cli.presets import is_atari
 
+if TYPE_CHECKING:
+    from stable_baselines3.common.vec_env import VecEnv
+
 VEC_NORMALIZE_FILE = "vecnormalize.pkl"
 #: ``--vec-env`` choices: SB3's DummyVecEnv (all envs in this process) and SubprocVecEnv (one process each, started
 #: with SB3's default method, ``forkserver`` where available, else ``spawn``: never ``fork`` under torch's threads).
 VEC_ENVS = ("dummy", "subproc")
+
+
+def _register_minatar(env_id: str) -> None:
+    """Register MinAtar's ids in this process's gymnasium registry (gymnasium >= 1.0 no longer loads MinAtar's entry
+    point; a SubprocVecEnv worker starts from a fresh registry), unless ``env_id`` is there already."""
+    if env_id in gym.registry:
+        return
+    try:
+        from minatar.gym import register_envs
+    except ImportError:
+        raise UsageError(f"environment {env_id!r} needs MinAtar: pip install 'rlgen[minatar]'") from None
+    register_envs()
 
 
 def check_env_id(env_id: str) -> None:
@@ -24,12 +39,8 @@ def check_env_id(env_id: str) -> None:
             import ale_py  # noqa: F401  (registers the Atari environments)
         except ImportError:
             raise UsageError(f"environment {env_id!r} needs ale-py: pip install 'rlgen[atari]'") from None
-    if env_id.startswith("MinAtar/") and env_id not in gym.registry:
-        try:
-            from minatar.gym import register_envs  # gymnasium >= 1.0 no longer loads MinAtar's entry point
-        except ImportError:
-            raise UsageError(f"environment {env_id!r} needs MinAtar: pip install 'rlgen[minatar]'") from None
-        register_envs()
+    if env_id.startswith("MinAtar/"):
+        _register_minatar(env_id)
     try:
         gym.spec(env_id)
     except gym.error.Error:
@@ -42,17 +53,14 @@ def check_env_id(env_id: str) -> None:
 def make_minatar(env_id: str, **kwargs: Any) -> gym.Env:
     """``gym.make`` of a MinAtar id after registering MinAtar's ids in this process: a SubprocVecEnv worker starts
     from a fresh registry that lacks them."""
-    if env_id not in gym.registry:
-        from minatar.gym import register_envs
-
-        register_envs()
+    _register_minatar(env_id)
     return gym.make(env_id, **kwargs)
 
 
 def make_env(env_id: str, n_envs: int = 1, seed: int | None = None, frame_stack: int | None = None,
              env_wrapper: Sequence[Callable] | Callable | None = None, env_kwargs: dict | None = None,
              normalize: bool | dict | None = None, gamma: float | None = None, training: bool = True,
-             vec_env: str = "dummy"):
+             vec_env: str = "dummy") -> VecEnv:
     """A VecEnv for ``env_id`` built as rl-zoo3 builds it.
 
     ``env_wrapper`` (one or a list of wrapper factories) wraps each environment over SB3's Monitor, so Monitor (and

@@ -49,7 +49,7 @@ def add_plugin_commands(subparsers: argparse._SubParsersAction,
     infos = {info.name: info for info in reg.plugins()}
     owners = {name: "rlgen" for name in subparsers.choices}
     impls = sorted(reg.plugin_manager.hook.register_commands.get_hookimpls(),
-                   key=lambda impl: (impl.plugin_name not in registry.BUILTIN_PLUGINS, impl.plugin_name))
+                   key=lambda impl: registry.builtins_first(impl.plugin_name))
     for impl in impls:
         info = infos.get(impl.plugin_name)
         if info is None or info.status != "loaded":

@@ -42,16 +42,25 @@ def is_atari(env_id: str) -> bool:
     return env_id.startswith("ALE/") or "NoFrameskip" in env_id
 
 
-def read_presets(path: str | Path) -> dict[str, dict[str, Any]]:
-    """All presets in a YAML file, keyed by environment id."""
-    path = Path(path)
+def _read_yaml(path: Path) -> Any:
+    """The YAML document in ``path`` (``{}`` when empty)."""
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ValueError(f"{path} is not valid YAML: {exc}") from exc
+
+
+def _check_presets(data: Any, path: Path) -> dict[str, dict[str, Any]]:
+    """``data`` read from ``path``, checked to map environment ids to mappings of hyperparameters."""
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
         raise ValueError(f"{path} must map environment ids to mappings of hyperparameters")
     return data
+
+
+def read_presets(path: str | Path) -> dict[str, dict[str, Any]]:
+    """All presets in a YAML file, keyed by environment id."""
+    path = Path(path)
+    return _check_presets(_read_yaml(path), path)
 
 
 def _entries(source: Path | Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -66,12 +75,13 @@ def _pick(entries: dict[str, dict[str, Any]], env_id: str) -> str | None:
     return None
 
 
-def find_preset(algo: str, env_id: str) -> tuple[dict[str, Any], str | None]:
-    """The raw preset of ``algo`` for ``env_id`` from the plugins (built-ins first) and where it came from.
+def _sources(algo: str) -> list[tuple[registry.PresetSource, dict[str, dict[str, Any]]]]:
+    """The plugins' preset sources for ``algo`` in precedence order (built-ins first), each read once."""
+    return [(s, _entries(s.source)) for s in registry.presets(algo)]
 
-    An environment's own entry in any plugin wins over an ``atari``/``default`` entry. ``({}, None)`` when none has one.
-    """
-    sources = [(s, _entries(s.source)) for s in registry.presets(algo)]
+
+def _find(sources: list[tuple[registry.PresetSource, dict[str, dict[str, Any]]]],
+          env_id: str) -> tuple[dict[str, Any], str | None]:
     for exact in (True, False):
         for source, entries in sources:
             key = env_id if env_id in entries else None if exact else _pick(entries, env_id)
@@ -80,9 +90,27 @@ def find_preset(algo: str, env_id: str) -> tuple[dict[str, Any], str | None]:
     return {}, None
 
 
+def find_preset(algo: str, env_id: str) -> tuple[dict[str, Any], str | None]:
+    """The raw preset of ``algo`` for ``env_id`` from the plugins (built-ins first) and where it came from.
+
+    An environment's own entry in any plugin wins over an ``atari``/``default`` entry. ``({}, None)`` when none has one.
+    """
+    return _find(_sources(algo), env_id)
+
+
+def all_presets(algo: str) -> dict[str, dict[str, Any]]:
+    """Every raw preset the plugins ship for ``algo``, by environment id (``atari`` and ``default`` included): for
+    each id, the entry of the first source in precedence order that has one, as :func:`find_preset` gives it."""
+    merged: dict[str, dict[str, Any]] = {}
+    for _, entries in _sources(algo):
+        for env, preset in entries.items():
+            merged.setdefault(env, dict(preset))
+    return dict(sorted(merged.items()))
+
+
 def available_presets(algo: str) -> list[str]:
     """The environment ids that the plugins ship presets of ``algo`` for."""
-    return sorted({env for source in registry.presets(algo) for env in _entries(source.source)})
+    return sorted({env for _, entries in _sources(algo) for env in entries})
 
 
 def load_preset(algo: str, env_id: str, path: str | Path | None = None) -> dict[str, Any]:
@@ -96,10 +124,10 @@ def load_preset(algo: str, env_id: str, path: str | Path | None = None) -> dict[
     source = Path(path)
     if not source.is_file():
         raise FileNotFoundError(f"hyperparameter file {source} does not exist")
-    raw = yaml.safe_load(source.read_text()) or {}
+    raw = _read_yaml(source)
     if isinstance(raw, dict) and raw and not all(isinstance(v, dict) for v in raw.values()):
         return normalize_hyperparams(dict(raw), source)  # a flat mapping for any environment
-    entries = read_presets(source)
+    entries = _check_presets(raw, source)
     key = _pick(entries, env_id)
     if key is None:
         raise ValueError(f"hyperparameter file {source} has no entry for {env_id} and no 'default' entry; "

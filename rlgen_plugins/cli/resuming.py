@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,20 +31,6 @@ def resume_source(output: str | Path, resume: str) -> tuple[Path, Path, dict[str
         if path.parent.name == ckpt.CHECKPOINTS_DIR:
             out = path.parent.parent
     return out, path, ckpt.read_checkpoint(path)
-
-
-def run_config(record: dict[str, Any], hyperparams: dict[str, Any]) -> dict[str, Any]:
-    """What a resume must match: ``rlgen.json``'s run description with the hyperparameters as given (classes and
-    functions by dotted name, schedules by their repr), as JSON."""
-    return ckpt._jsonable({**record, "hyperparams": hyperparams})
-
-
-def previous_record(out: Path, name: str) -> dict[str, Any]:
-    """The interrupted run's record (``rlgen.json``) in ``out``, or ``{}`` when it is missing or unreadable."""
-    try:
-        return json.loads((out / name).read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def checkpointer(out: Path, save_freq: int | None, keep: int | None,

@@ -9,7 +9,6 @@ import difflib
 import functools
 import glob
 import inspect
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,13 +21,11 @@ import registry
 from rlgen_plugins.cli.errors import UsageError
 from rlgen_plugins.cli.envs import (VEC_NORMALIZE_FILE, check_env_id, check_spaces, default_policy,
                                     load_vec_normalize, make_env)
-from rlgen_plugins.cli.files import save_atomically, write_text_atomically
+from rlgen_plugins.cli.files import RUN_INFO_FILE, jsonable, read_run_record, save_atomically, write_json_atomically
 from rlgen_plugins.cli.presets import RUN_KEYS, class_factories, find_preset, load_preset, normalize_hyperparams
 
-__all__ = ["TrainResult", "TrainingInterrupted", "check_env_id", "default_policy", "evaluate", "make_env",
-           "output_folder", "parse_overrides", "train"]
+__all__ = ["TrainResult", "TrainingInterrupted", "evaluate", "output_folder", "parse_overrides", "train"]
 
-RUN_INFO_FILE = "rlgen.json"
 #: What ``rlgen train`` writes into a run folder (``--overwrite`` removes these first).
 RUN_FILES = ("model.zip", "best_model.zip", "evaluations.csv", "evaluations.npz", "learning_curve.png",
              RUN_INFO_FILE, VEC_NORMALIZE_FILE)
@@ -90,16 +87,19 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     return overrides
 
 
-def build_hyperparams(algo: str, env_id: str, hyperparams_file: str | None, overrides: dict[str, Any]) -> dict:
-    """Shipped preset, then the user's file, then ``-p`` overrides (later wins)."""
+def build_hyperparams(algo: str, env_id: str, hyperparams_file: str | None,
+                      overrides: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """Shipped preset, then the user's file, then ``-p`` overrides (later wins); and where the shipped preset came
+    from (``None``: no plugin has one)."""
     try:
-        hyperparams = load_preset(algo, env_id)
+        raw, origin = find_preset(algo, env_id)
+        hyperparams = normalize_hyperparams(raw)
         if hyperparams_file:
             hyperparams.update(load_preset(algo, env_id, path=hyperparams_file))
         hyperparams.update(normalize_hyperparams(overrides))
     except (FileNotFoundError, ValueError, ImportError, AttributeError) as exc:
         raise UsageError(str(exc)) from None
-    return hyperparams
+    return hyperparams, origin
 
 
 def check_hyperparams(algo_cls: type, algo: str, hyperparams: dict[str, Any]) -> None:
@@ -130,10 +130,6 @@ def factory_spec(factory: Any) -> dict[str, dict[str, Any]]:
     """A wrapper factory as rl-zoo3's ``{import path: keyword arguments}``, for rlgen.json."""
     func, kwargs = (factory.func, dict(factory.keywords)) if isinstance(factory, functools.partial) else (factory, {})
     return {f"{func.__module__}:{func.__qualname__}": kwargs}
-
-
-def write_json_atomically(data: dict, path: Path) -> None:
-    write_text_atomically(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def plot_learning_curve(timesteps: Sequence[int], means: Sequence[float], stds: Sequence[float], path: Path,
@@ -191,28 +187,27 @@ def train(algo: str, env_id: str, *, timesteps: int | None = None, seed: int | N
         raise UsageError(str(exc)) from None
     check_env_id(env_id)
     set_threads(threads)
-    for flag, value in (("--timesteps", timesteps), ("--n-envs", n_envs)):
-        if value is not None and value < 1:
-            raise UsageError(f"{flag} must be a positive integer, got {value}")
-    hyperparams = build_hyperparams(algo, env_id, hyperparams_file, overrides or {})
+    hyperparams, origin = build_hyperparams(algo, env_id, hyperparams_file, overrides or {})
     check_hyperparams(algo_cls, algo, hyperparams)
-    total = int(timesteps if timesteps is not None else hyperparams.pop("n_timesteps", 0) or 100_000)
-    hyperparams.pop("n_timesteps", None)
-    n_envs = int(n_envs if n_envs is not None else hyperparams.pop("n_envs", 1))
-    hyperparams.pop("n_envs", None)
+    preset_total, preset_envs = hyperparams.pop("n_timesteps", None), hyperparams.pop("n_envs", 1)
+    given = {"--timesteps": timesteps, "--n-envs": n_envs}
+    total = int(timesteps if timesteps is not None else preset_total or 100_000)
+    n_envs = int(n_envs if n_envs is not None else preset_envs)
+    for flag, value in (("--timesteps", total), ("--n-envs", n_envs)):  # the one check of each (CLI and Python)
+        if value < 1 and given[flag] is not None:
+            raise UsageError(f"{flag} must be a positive integer, got {value}")
+        if value < 1:
+            raise UsageError(f"the preset's n_timesteps ({total}) and n_envs ({n_envs}) must be positive")
     env_options = {k: hyperparams.pop(k) for k in ("frame_stack", "env_wrapper", "env_kwargs", "normalize")
                    if k in hyperparams}
     callback_factories = hyperparams.pop("callback", [])
-    if total < 1 or n_envs < 1:
-        raise UsageError(f"the preset's n_timesteps ({total}) and n_envs ({n_envs}) must be positive")
-    origin = find_preset(algo, env_id)[1]
     if origin is None and not hyperparams_file:
         echo(f"no preset for {algo} on {env_id} (rlgen plugins lists the presets): running on "
              f"{algo_cls.__name__}'s class defaults for {total} steps")
 
     out, resume_from, resume_state = (resuming.resume_source(output, resume) if resume is not None
                                       else (output_folder(output, overwrite), None, {}))
-    previous = resuming.previous_record(out, RUN_INFO_FILE) if resume_from is not None else {}
+    previous = read_run_record(out) if resume_from is not None else {}
     if save_freq is None and resume_from is not None:
         save_freq, keep_checkpoints = previous.get("save_freq"), previous.get("keep_checkpoints", keep_checkpoints)
     if seed is None and resume_from is not None:  # the interrupted run's seed
@@ -223,19 +218,20 @@ def train(algo: str, env_id: str, *, timesteps: int | None = None, seed: int | N
     env = make_env(env_id, n_envs=n_envs, seed=seed, gamma=gamma, vec_env=vec_env, **env_options)
     eval_env = make_env(env_id, n_envs=1, seed=seed + 10_000, gamma=gamma, training=False, **env_options)
     policy = hyperparams.pop("policy", None) or default_policy(env.observation_space)
-    record = {  # rlgen.json, written now (status "running") and completed at the end, like rl-zoo3's config.yml
+    # rlgen.json, written now (status "running") and completed at the end, like rl-zoo3's config.yml; as JSON
+    # (classes and functions by dotted name, other objects by address-free repr), which is also what a resume matches
+    record = jsonable({
         "algo": algo, "env": env_id, "seed": seed, "n_envs": n_envs, "total_timesteps": total,
         "policy": policy if isinstance(policy, str) else f"{policy.__module__}:{policy.__qualname__}",
         "env_options": {k: v for k, v in env_options.items() if k in ("frame_stack", "env_kwargs", "normalize")},
         "env_wrapper": [factory_spec(w) for w in env_options.get("env_wrapper", [])],
-        "hyperparams": {k: v if isinstance(v, (int, float, str, bool, list, dict, type(None))) else repr(v)
-                        for k, v in hyperparams.items()},
-    }
-    run_config = resuming.run_config(record, hyperparams)  # taken before the model adds to the dicts it is given
+        "hyperparams": hyperparams,
+    })
+    run_config = dict(record)  # taken before the model adds to the dicts it is given
     try:
         checkpoint = resuming.checkpointer(out, save_freq, keep_checkpoints, run_config)
         if resume_from is not None:
-            model = ckpt.load_checkpoint(resume_from, algo_cls, env, run_config, device=device)
+            model = ckpt.load_checkpoint(resume_from, algo_cls, env, run_config, device=device, state=resume_state)
         else:
             model = algo_cls(policy, env, seed=seed, verbose=verbose, device=device, **hyperparams)
         extra_callbacks = [factory() for factory in callback_factories]
@@ -251,7 +247,7 @@ def train(algo: str, env_id: str, *, timesteps: int | None = None, seed: int | N
     out.mkdir(parents=True, exist_ok=True)
     record.update(vec_env=vec_env, save_freq=save_freq, keep_checkpoints=keep_checkpoints if save_freq else None,
                   resumed_from=None if resume_from is None else str(resume_from))
-    write_json_atomically({**record, "status": "running"}, out / RUN_INFO_FILE)
+    write_json_atomically(out / RUN_INFO_FILE, {**record, "status": "running"})
     if resume_from is not None:
         echo(f"resuming from {resume_from} (step {model.num_timesteps} of {total}); episodes in progress restart")
     echo(f"training {algo} on {env_id} for {total} steps (seed {seed}); writing to {out}")
@@ -290,11 +286,11 @@ def train(algo: str, env_id: str, *, timesteps: int | None = None, seed: int | N
         writer.writerow(["timesteps", "mean_return", "std_return", "episodes"])
         writer.writerows((t, f"{m:.4f}", f"{s:.4f}", len(r)) for t, m, s, r in zip(steps, means, stds, returns))
     plot_learning_curve(steps, means, stds, paths.curve_path, f"{algo} on {env_id}", threshold=target_reward)
-    write_json_atomically({
+    write_json_atomically(paths.info_path, {
         **record, "status": "interrupted" if interrupted else "finished", "timesteps": paths.timesteps,
         "last_mean_return": paths.last_mean_reward, "solved_at": solved_at, "interrupted": interrupted,
         "best_mean_return": max(means) if means else None, "best_model_timesteps": on_new_best.best_timesteps,
-    }, paths.info_path)
+    })
     if stopped:
         raise ckpt.StoppedBySignal(checkpoint.signal_received, checkpoint.last_checkpoint)
     if interrupted:
@@ -315,7 +311,7 @@ def evaluate(model_path: str | Path, env_id: str | None = None, *, episodes: int
     if not path.is_file():
         raise UsageError(f"model file {path} does not exist")
     info_path = path.with_name(RUN_INFO_FILE)
-    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    info = read_run_record(path.parent)
     algo = algo or info.get("algo")
     if algo is None:
         raise UsageError(f"cannot tell which algorithm saved {path} (no {RUN_INFO_FILE} beside it); pass --algo")

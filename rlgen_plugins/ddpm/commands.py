@@ -11,15 +11,25 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import registry
 from rlgen_plugins.cli.errors import UsageError
 
-SCHEDULER_HELP = "ddpm | ddim | dpm-solver++ (or a scheduler registered by a plugin)"
 DEFAULT_STEPS = {"ddim": 50, "dpm-solver++": 20}
 EXIT_FAULT, EXIT_INTERRUPTED = 1, 130
 
 
+def scheduler_name(name: str) -> str:
+    """``--scheduler``'s type: a name any plugin registered, else a usage error listing them all (imports nothing)."""
+    try:
+        registry.default_registry().check("schedulers", name)
+    except registry.UnknownComponentError as exc:
+        raise UsageError(f"--scheduler: {exc}") from None
+    return name
+
+
 def add_diffusion_commands(subparsers: argparse._SubParsersAction) -> None:
     """Add the `diffusion` command with its `train`, `sample` and `evaluate` subcommands."""
+    scheduler_help = f"a registered scheduler: {', '.join(registry.names('schedulers'))} (default dpm-solver++)"
     parser = subparsers.add_parser("diffusion", help="train, sample and evaluate the DDPM image model",
                                    description="Train, sample and evaluate the hand-written DDPM.")
     parser.set_defaults(func=_missing_subcommand)
@@ -36,7 +46,7 @@ def add_diffusion_commands(subparsers: argparse._SubParsersAction) -> None:
 
     s = sub.add_parser("sample", help="generate a PNG grid from a trained model")
     s.add_argument("model_dir", metavar="MODEL_DIR", help="run folder or its pipeline/ folder")
-    s.add_argument("--scheduler", default="dpm-solver++", help=f"{SCHEDULER_HELP} (default dpm-solver++)")
+    s.add_argument("--scheduler", default="dpm-solver++", type=scheduler_name, help=scheduler_help)
     s.add_argument("--steps", type=int, help="inference steps (default: ddpm all, ddim 50, dpm-solver++ 20)")
     s.add_argument("--n", type=int, default=64, help="number of images (default 64)")
     s.add_argument("--seed", type=int, default=0)
@@ -51,7 +61,7 @@ def add_diffusion_commands(subparsers: argparse._SubParsersAction) -> None:
     e = sub.add_parser("evaluate", help="domain FID/KID of samples next to the real-vs-real floor")
     e.add_argument("model_dir", metavar="MODEL_DIR", help="run folder or its pipeline/ folder")
     e.add_argument("--n", type=int, default=500, help="samples and real images per set (default 500)")
-    e.add_argument("--scheduler", default="dpm-solver++", help=f"{SCHEDULER_HELP} (default dpm-solver++)")
+    e.add_argument("--scheduler", default="dpm-solver++", type=scheduler_name, help=scheduler_help)
     e.add_argument("--steps", type=int, help="inference steps (default: ddpm all, ddim 50, dpm-solver++ 20)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--dataset", help="real images to compare with (default: the run's training data)")
@@ -132,8 +142,7 @@ def build_train_config(args: argparse.Namespace) -> Any:
         values["steps"] = None
     values.update(output_dir=output, resume=args.resume, progress=not args.no_progress)
     try:
-        config = TrainConfig.from_json(values)  # validates
-        config.check_scheduler_names()
+        config = TrainConfig.from_json(values)  # validates; train() checks the scheduler names
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     return config
@@ -186,17 +195,6 @@ def _scheduler_and_steps(name: str, steps: int | None, pipe: Any) -> tuple[Any, 
     return scheduler, steps
 
 
-def _check_scheduler_name(name: str) -> None:
-    if name == "ddpm":
-        return
-    from diffusion.sampling import UnknownSchedulerError, _scheduler_class
-
-    try:
-        _scheduler_class(name, None)
-    except UnknownSchedulerError as exc:
-        raise UsageError(str(exc)) from None
-
-
 def _load(model_dir: str) -> Any:
     from diffusion.export import load_pipeline
 
@@ -207,7 +205,6 @@ def _load(model_dir: str) -> Any:
 
 
 def _sample(args: argparse.Namespace) -> int:
-    _check_scheduler_name(args.scheduler)
     if args.n < 1:
         raise UsageError(f"--n must be at least 1, got {args.n}")
     import torch
@@ -240,7 +237,6 @@ def _run_folder(model_dir: str) -> Path:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    _check_scheduler_name(args.scheduler)
     if args.n < 2:
         raise UsageError(f"--n must be at least 2, got {args.n}")
     from diffusion.data import DataError
@@ -259,7 +255,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from diffusion.files import write_text_atomically
 
     write_text_atomically(out, json.dumps(report.to_json(), indent=2))
-    update_model_card(args.model_dir, read_run_config(args.model_dir), report.to_json())
+    update_model_card(args.model_dir, read_run_config(args.model_dir), report.to_json(), pipe=pipe)
     print(json.dumps(report.to_json()) if args.json else format_report(report))
     print(out)
     return 0

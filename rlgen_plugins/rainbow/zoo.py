@@ -9,6 +9,7 @@ module's :data:`hyperparams`, classes imported). Needs ``pip install "rlgen[zoo]
 from __future__ import annotations
 
 import functools
+import importlib
 import sys
 from typing import Any, Sequence
 
@@ -61,9 +62,9 @@ def convert_rainbow_params(params: dict[str, Any], policy_kwargs: dict[str, Any]
 def load_hyperparams() -> dict[str, dict[str, Any]]:
     """Rainbow's presets as rl-zoo3 expects them: ``"module:attribute"`` class strings imported, and Atari ids
     with rl-zoo3's ``env_wrapper`` (``rlgen train`` applies SB3's Atari wrappers by itself; rl-zoo3 does not)."""
-    from rlgen_plugins.cli.presets import available_presets, find_preset, is_atari, resolve_classes
+    from rlgen_plugins.cli.presets import all_presets, is_atari, resolve_classes
 
-    presets = {env: resolve_classes(find_preset("rainbow", env)[0]) for env in available_presets("rainbow")}
+    presets = {env: resolve_classes(preset) for env, preset in all_presets("rainbow").items()}
     for env, preset in presets.items():
         if is_atari(env):
             preset.setdefault("env_wrapper", [ATARI_WRAPPER])
@@ -71,8 +72,9 @@ def load_hyperparams() -> dict[str, dict[str, Any]]:
 
 
 def __getattr__(name: str) -> Any:
-    if name == "hyperparams":  # read on first use: importing this module stays cheap
-        return load_hyperparams()
+    if name == "hyperparams":  # read on first use (importing this module stays cheap), then kept
+        value = globals()["hyperparams"] = load_hyperparams()
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -131,7 +133,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         check_env_id(env_id)  # also registers MinAtar's ids, which rl-zoo3 does not know
     except UsageError as exc:
         sys.exit(f"rlgen: error: {exc}")
-    preset = load_hyperparams().get(env_id, {}) if _option(argv, "-conf", "--conf-file") == CONF_MODULE else {}
+    if _option(argv, "-conf", "--conf-file") == CONF_MODULE:  # the module rl-zoo3 imports (not this __main__)
+        preset = importlib.import_module(CONF_MODULE).hyperparams.get(env_id, {})
+    else:
+        preset = {}
     install(policy_kwargs=preset.get("policy_kwargs"))
     sys.argv = [sys.argv[0], *argv]  # rl-zoo3's train() reads sys.argv
     train()
