@@ -38,6 +38,15 @@ def _losses(run: Path) -> dict[int, float]:
     return {row["step"]: row["loss"] for row in map(json.loads, (run / "logs" / "scalars.jsonl").read_text().splitlines())}
 
 
+def free_port() -> int:
+    """A port no other process listens on now (a fixed one collides with a concurrent run of this test)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @pytest.mark.skipif(shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(),
                     reason="torchrun not installed")
 def test_two_processes_with_resume_equal_one_process_at_the_same_global_batch(tmp_path):
@@ -50,7 +59,7 @@ def test_two_processes_with_resume_equal_one_process_at_the_same_global_batch(tm
     settings = {**SETTINGS, "dim_mults": list(SETTINGS["dim_mults"]), "batch_size": 4}
     env = {**os.environ, "ACCELERATE_USE_CPU": "True", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
-        [torchrun, "--nproc_per_node", "2", "--master_port", "29531", str(script), str(tmp_path / "two"),
+        [torchrun, "--nproc_per_node", "2", "--master_port", str(free_port()), str(script), str(tmp_path / "two"),
          json.dumps(settings)], capture_output=True, text=True, env=env, timeout=240, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = sorted(json.loads(line.split("RESULT", 1)[1]) for line in proc.stdout.splitlines() if "RESULT" in line)
