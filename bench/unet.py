@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Callable
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -41,6 +42,27 @@ PEER = dict(sample_size=28, in_channels=1, out_channels=1, block_out_channels=(3
 
 def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _time_steps(step: Callable[[], None], warmup: int, steps: int, device: str,
+                base_rss: float) -> tuple[float, float]:
+    """Run ``warmup`` then ``steps`` training steps; return the seconds of the timed ones and the peak memory in MiB
+    (CUDA's allocator peak, or the process's peak RSS above ``base_rss`` on CPU)."""
+    import torch
+
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        step()
+    sync()
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync()
+    elapsed = time.perf_counter() - start
+    peak = (torch.cuda.max_memory_allocated() / 2**20) if device == "cuda" else _peak_rss_mib() - base_rss
+    return elapsed, peak
 
 
 def child_checkpointing(size: int, checkpointing: bool, device: str, steps: int, warmup: int, batch: int,
@@ -77,19 +99,8 @@ def child_checkpointing(size: int, checkpointing: bool, device: str, steps: int,
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     step(measure=True)
-    for _ in range(warmup - 1):
-        step()
-    sync()
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync()
-    elapsed = time.perf_counter() - start
-    peak = (torch.cuda.max_memory_allocated() / 2**20) if device == "cuda" else _peak_rss_mib() - base_rss
+    elapsed, peak = _time_steps(step, warmup - 1, steps, device, base_rss)
     return dict(bench="unet_gradient_checkpointing", image=f"{size}x{size}x1", checkpointing=checkpointing,
                 device=device, batch=batch, threads=threads, steps=steps, steps_per_s=round(steps / elapsed, 4),
                 peak_mem_mib=round(peak, 1), saved_activations_mib=round(sum(saved.values()) / 2**20, 1),
@@ -150,18 +161,7 @@ def child(model_name: str, device: str, steps: int, warmup: int, batch: int, thr
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    for _ in range(warmup):
-        step()
-    sync()
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync()
-    elapsed = time.perf_counter() - start
-    peak = (torch.cuda.max_memory_allocated() / 2**20) if device == "cuda" else _peak_rss_mib() - base_rss
+    elapsed, peak = _time_steps(step, warmup, steps, device, base_rss)
     return dict(
         bench="unet_train_step", model=model_name, cls=type(model).__name__, device=device,
         dtype="bf16-autocast" if use_bf16 else "float32", batch=batch, image="28x28x1", threads=threads,
