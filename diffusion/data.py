@@ -40,7 +40,7 @@ def load_digits_dataset():
         {"image": datasets.Image(), "label": datasets.ClassLabel(names=[str(i) for i in range(10)])}
     )
     return datasets.Dataset.from_dict(
-        {"image": [Image.fromarray(p, mode="L") for p in pixels], "label": bunch.target.tolist()},
+        {"image": [Image.fromarray(p) for p in pixels], "label": bunch.target.tolist()},
         features=features,
     )
 

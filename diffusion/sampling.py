@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -119,8 +120,13 @@ def make_grid_image(images: torch.Tensor, nrow: int | None = None, scale: int = 
     nrow = nrow or max(1, int(math.ceil(math.sqrt(images.shape[0]))))
     grid = make_grid(to_uint8(images), nrow=nrow, padding=1, pad_value=0)
     array = grid.permute(1, 2, 0).numpy()
-    img = Image.fromarray(array[:, :, 0] if images.shape[1] == 1 else array, mode="L" if images.shape[1] == 1 else "RGB")
+    img = _to_pil(array[:, :, :1] if images.shape[1] == 1 else array)  # make_grid repeats one channel into three
     return img.resize((img.width * scale, img.height * scale), Image.NEAREST) if scale > 1 else img
+
+
+def _to_pil(array: np.ndarray) -> Image.Image:
+    """An (H, W, 1) or (H, W, 3) uint8 array as a grayscale ("L") or RGB PIL image (the mode follows the shape)."""
+    return Image.fromarray(np.ascontiguousarray(array[:, :, 0] if array.shape[2] == 1 else array, dtype=np.uint8))
 
 
 def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = None, scale: int = 4) -> Path:
@@ -134,7 +140,7 @@ def save_images(images: torch.Tensor, folder: str | os.PathLike) -> list[Path]:
     folder = Path(folder)
     written = []
     for i, array in enumerate(to_uint8(images).permute(0, 2, 3, 1).numpy()):
-        img = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array, mode="L" if array.shape[2] == 1 else "RGB")
+        img = _to_pil(array)
         written.append(replace_atomically(folder / f"{i:05d}.png", lambda tmp, img=img: img.save(tmp, format="PNG"),
                                           suffix=".png"))
     return written

@@ -42,7 +42,7 @@ def test_digits_upsampled_and_scaled(digits, size):
 
 
 def test_rgb_and_flip_transform():
-    img = Image.fromarray(np.tile(np.arange(8, dtype=np.uint8)[None, :] * 30, (8, 1)), mode="L")
+    img = Image.fromarray(np.tile(np.arange(8, dtype=np.uint8)[None, :] * 30, (8, 1)))
     x = build_transform(8, channels=3)(img)
     assert x.shape == (3, 8, 8)
     torch.manual_seed(0)
@@ -76,7 +76,7 @@ def test_image_folder_with_mixed_sizes_is_resized(tmp_path):
     _write(tmp_path / "a" / "one.png", (20, 12), (255, 0, 0))
     _write(tmp_path / "a" / "two.png", (7, 9), (0, 255, 0))
     _write(tmp_path / "b" / "three.jpg", (64, 64), (0, 0, 255))
-    _write(tmp_path / "b" / "four.png", (5, 30), 128, mode="L")
+    _write(tmp_path / "b" / "four.png", (5, 30), 128)
     train, held = load_training_data(str(tmp_path), image_size=8, channels=3)
     assert held is None and len(train) == 4
     x = torch.stack(train[:]["pixel_values"])

@@ -114,7 +114,7 @@ def test_n_larger_than_held_out_is_reduced_with_a_note(tiny_run, classifier):
 def test_unlabelled_folder_uses_fixed_random_features(tiny_run, tmp_path):
     rng = np.random.default_rng(0)
     for i in range(30):
-        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8), mode="L").save(tmp_path / f"{i}.png")
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(tmp_path / f"{i}.png")
     report = evaluate_model(tiny_run, n=8, scheduler="ddim", steps=2, dataset=str(tmp_path),
                             cache_dir=tmp_path / "cache", progress=False)
     assert report.class_histogram is None and report.classifier_accuracy is None
