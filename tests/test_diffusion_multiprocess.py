@@ -23,14 +23,17 @@ SETTINGS = dict(image_size=8, dim=8, dim_mults=(1, 2), attention_heads=1, attent
                 gif_frames=2, log_every=1, progress=False, tensorboard=False, warmup_steps=2)
 
 SCRIPT = """
-import json, sys
+import json, os, sys
+from pathlib import Path
 from diffusion.config import TrainConfig
 from diffusion.train import train
 settings = json.loads(sys.argv[2])
 first = train(TrainConfig(output_dir=sys.argv[1], **{**settings, "steps": 3}))
 second = train(TrainConfig(output_dir=sys.argv[1], resume="latest", **settings))
-print("RESULT", json.dumps([first.is_main_process, first.num_processes, first.step, second.step,
-                            second.resumed_step, str(second.resumed_from), second.pipeline_dir is not None]))
+# one file per rank: two processes printing to one pipe can interleave their lines
+Path(sys.argv[1] + f"-result-{os.environ['RANK']}.json").write_text(json.dumps(
+    [first.is_main_process, first.num_processes, first.step, second.step,
+     second.resumed_step, str(second.resumed_from), second.pipeline_dir is not None]))
 """
 
 
@@ -62,7 +65,7 @@ def test_two_processes_with_resume_equal_one_process_at_the_same_global_batch(tm
         [torchrun, "--nproc_per_node", "2", "--master_port", str(free_port()), str(script), str(tmp_path / "two"),
          json.dumps(settings)], capture_output=True, text=True, env=env, timeout=240, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    results = sorted(json.loads(line.split("RESULT", 1)[1]) for line in proc.stdout.splitlines() if "RESULT" in line)
+    results = sorted(json.loads((tmp_path / f"two-result-{rank}.json").read_text()) for rank in (0, 1))
     checkpoint3 = str(tmp_path / "two" / "checkpoints" / "step-00000003.pt")
     # one report per process; only the main one wrote the pipeline; both resumed from step 3
     assert results == [[False, 2, 3, 6, 3, checkpoint3, False], [True, 2, 3, 6, 3, checkpoint3, True]]
