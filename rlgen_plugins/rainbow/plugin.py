@@ -14,6 +14,7 @@ HYPERPARAMS = Path(__file__).resolve().parent / "hyperparams"
 def register_algorithms(register: Register) -> None:
     register("rainbow", "rlgen_plugins.rainbow.algorithm:Rainbow")
     register("dqn", "stable_baselines3:DQN")
+    register("der", "rlgen_plugins.rainbow.algorithm:Rainbow")  # data-efficient Rainbow: its own presets, der.yml
 
 
 @hookimpl
@@ -32,3 +33,4 @@ def register_buffers(register: Register) -> None:
 @hookimpl
 def register_presets(register: Register) -> None:
     register("rainbow", HYPERPARAMS / "rainbow.yml")
+    register("der", HYPERPARAMS / "der.yml")
