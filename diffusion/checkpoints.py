@@ -35,7 +35,7 @@ class LaunchError(TrainingError):
 
 
 class NonFiniteLossError(TrainingError):
-    """The loss became NaN or infinite; raised before the bad step touches the weights."""
+    """The loss (or the gradient norm, or the weights) became NaN or infinite; raised before a bad update is kept."""
 
     def __init__(self, message: str, step: int, last_finite_loss: float | None, checkpoint: Path | None):
         super().__init__(message)
@@ -78,14 +78,49 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def non_finite_tensors(state: dict[str, Any]) -> list[str]:
+    """Names of the model and EMA weights of a checkpoint state that hold NaN or inf (empty: all finite)."""
+    named = [(f"model.{k}", v) for k, v in state.get("model", {}).items()]
+    ema = state.get("ema") or {}
+    named += [(f"ema.shadow_params[{i}]", v) for i, v in enumerate(ema.get("shadow_params") or [])]
+    tensors = [(n, v) for n, v in named if isinstance(v, torch.Tensor) and v.is_floating_point() and v.numel()]
+    if not tensors or bool(torch.stack([torch.isfinite(v).all() for _, v in tensors]).all()):
+        return []
+    return [n for n, v in tensors if not bool(torch.isfinite(v).all())]
+
+
+def last_good_checkpoint(output_dir: str | os.PathLike, before: Path | None = None) -> Path | None:
+    """The newest checkpoint (older than ``before`` when given) that loads and whose weights are all finite."""
+    for path in reversed(list_checkpoints(output_dir)):
+        if before is not None and int(path.stem[5:]) >= int(Path(before).stem[5:]):
+            continue
+        try:
+            if not non_finite_tensors(load_checkpoint(path)):
+                return path
+        except CheckpointError:
+            continue
+    return None
+
+
 def checkpoint_path(output_dir: str | os.PathLike, step: int) -> Path:
     """The file of the checkpoint at ``step``."""
     return checkpoint_dir(output_dir) / f"step-{step:08d}.pt"
 
 
 def write_checkpoint(output_dir: str | os.PathLike, state: dict[str, Any], keep: int) -> Path:
-    """Write ``state`` atomically (fsynced) and drop all but the newest ``keep`` checkpoints."""
+    """Write ``state`` atomically (fsynced) and drop all but the newest ``keep`` checkpoints.
+
+    Weights with NaN or inf are never written (`NonFiniteLossError`): every checkpoint on disk is a good one.
+    """
     path = checkpoint_path(output_dir, int(state["step"]))
+    bad = non_finite_tensors(state)
+    if bad:
+        good = last_good_checkpoint(output_dir)
+        raise NonFiniteLossError(
+            f"not writing {path}: the weights at step {state['step']} are not finite ({', '.join(bad[:3])}"
+            f"{' ...' if len(bad) > 3 else ''}); last good checkpoint: {good or 'none'}",
+            int(state["step"]), state.get("last_loss"), good,
+        )
     replace_atomically(path, lambda tmp: torch.save({"format": CHECKPOINT_FORMAT, **state}, tmp), fsync=True)
     for old in list_checkpoints(output_dir)[:-max(1, keep)]:
         old.unlink(missing_ok=True)
@@ -146,6 +181,11 @@ def prepare_run_folder(config: TrainConfig) -> tuple[Path | None, dict[str, Any]
     path = resolve_resume(out, config.resume)
     state = load_checkpoint(path)
     check_same_run(state["config"], config, path)
+    bad = non_finite_tensors(state)
+    if bad:  # written before checkpoints were checked, or damaged since
+        good = last_good_checkpoint(out, before=path)
+        hint = f"resume from the last good checkpoint with --resume {good}" if good else "no earlier checkpoint is good"
+        raise CheckpointError(f"cannot resume from {path}: its weights are not finite ({', '.join(bad[:3])}); {hint}")
     return path, state
 
 

@@ -8,6 +8,7 @@ accepted beside rlgen's own.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,7 +88,8 @@ class TrainConfig:
                               choices=MIXED_PRECISION)
     dataloader_num_workers: int = _f(0, "data-loading worker processes (images decoded per batch)",
                                      "--dataloader_num_workers")
-    checkpoint_every: int = _f(500, "steps between checkpoints", "--checkpoint-every", "--checkpointing_steps")
+    checkpoint_every: int = _f(500, "steps between checkpoints (a new run's first comes at a tenth of "
+                                         "the steps or after 10 minutes, if earlier)", "--checkpoint-every", "--checkpointing_steps")
     keep_checkpoints: int = _f(2, "checkpoints kept (oldest removed first)", "--keep-checkpoints",
                                "--checkpoints_total_limit")
     sample_every: int = _f(1000, "steps between sample grids, 0 = never", "--sample-every", "--save_images_steps")
@@ -114,8 +116,23 @@ class TrainConfig:
                                  f"{', '.join(str(c) for c in choices)}")
         if self.steps is not None and self.epochs is not None:
             raise ValueError("give either steps or epochs, not both")
+        for f in dataclasses.fields(self):  # NaN passes every comparison below: refuse it (and inf) first
+            value = getattr(self, f.name)
+            if f.type.startswith(("int", "float")) and value is not None:
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise ValueError(f"{f.name} must be a number, got {value!r}")
+                if not math.isfinite(value):
+                    raise ValueError(f"{f.name} must be a finite number, got {value!r}")
+                if f.type.startswith("int") and value != int(value):
+                    raise ValueError(f"{f.name} must be a whole number, got {value!r}")
+        if not 0.0 <= self.holdout_fraction < 1.0:
+            raise ValueError(f"holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
+        if not self.dim_mults or not all(isinstance(m, int) and not isinstance(m, bool) and m >= 1
+                                         for m in self.dim_mults):
+            raise ValueError(f"dim_mults must be a non-empty list of positive ints, got {list(self.dim_mults)}")
         for name in ("image_size", "batch_size", "num_train_timesteps", "checkpoint_every", "log_every",
-                     "gradient_accumulation_steps", "keep_checkpoints", "preview_steps", "num_preview"):
+                     "gradient_accumulation_steps", "keep_checkpoints", "preview_steps", "num_preview", "dim",
+                     "resnet_block_groups", "attention_heads", "attention_head_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("warmup_steps", "dataloader_num_workers", "sample_every", "gif_frames", "weight_decay",

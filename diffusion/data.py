@@ -148,10 +148,18 @@ def build_transform(image_size: int, channels: int = 1, random_flip: bool = Fals
 
 def with_image_transform(dataset: datasets.Dataset, image_size: int, channels: int = 1, random_flip: bool = False,
                          center_crop: bool = True) -> datasets.Dataset:
-    """Attach the transform lazily: items become {"pixel_values": tensor[, "label": int]}."""
+    """Attach the transform lazily: items become {"pixel_values": tensor[, "label": int]}.
+
+    Images are decoded here rather than by `datasets`, so that a damaged file (truncated, not an image) raises
+    `DataError` naming its path instead of PIL's bare "image file is truncated".
+    """
+    import datasets
+
     transform = build_transform(image_size, channels, random_flip, center_crop)
     img_col = image_column(dataset)
     lbl_col = label_column(dataset)
+    if isinstance(dataset.features[img_col], datasets.Image):
+        dataset = dataset.cast_column(img_col, datasets.Image(decode=False))
 
     def apply(batch: dict[str, list]) -> dict[str, list]:
         out: dict[str, list] = {"pixel_values": [transform(_to_pil(im)) for im in batch[img_col]]}
@@ -165,7 +173,23 @@ def with_image_transform(dataset: datasets.Dataset, image_size: int, channels: i
 def _to_pil(image: Any) -> Image.Image:
     if isinstance(image, Image.Image):
         return image
+    if isinstance(image, dict) and ("path" in image or "bytes" in image):  # an undecoded `datasets.Image` value
+        return _decode(image)
     return Image.fromarray(np.asarray(image))
+
+
+def _decode(value: dict[str, Any]) -> Image.Image:
+    """Open and fully read one stored image; any failure is a `DataError` naming the file."""
+    import io
+
+    path, data = value.get("path"), value.get("bytes")
+    try:
+        img = Image.open(io.BytesIO(data)) if data is not None else Image.open(path)
+        img.load()  # decode now: a truncated file fails here, not somewhere inside a transform
+        return img
+    except Exception as exc:  # noqa: BLE001 - truncated, not an image, unreadable: one message naming the file
+        where = path if path else "an image stored in the dataset (no file path)"
+        raise DataError(f"cannot read image {where}: {exc}; remove or replace the file") from exc
 
 
 def split_holdout(dataset, holdout_fraction: float, seed: int = 0):

@@ -33,8 +33,13 @@ if TYPE_CHECKING:
 MODEL_INDEX = "model_index.json"
 CARD = "README.md"
 GRID = "samples.png"
+_COMPONENTS = ("unet", "scheduler")  # the model_index.json entries load_pipeline needs, each a folder beside it
 _SOURCES = {"pipeline": ("pipeline.py", "UnconditionalPipeline"), "unet": ("unet.py", "UNet"),
             "scheduler": ("scheduler.py", "NoiseScheduler")}
+
+
+class PipelineFolderError(ValueError):
+    """A pipeline folder whose model_index.json (or a component folder it names) is missing or malformed."""
 
 
 def _make_self_contained(folder: Path) -> None:
@@ -77,6 +82,27 @@ def find_pipeline_dir(model_dir: str | os.PathLike) -> Path:
     return model_dir
 
 
+def check_model_index(folder: str | os.PathLike) -> dict[str, Any]:
+    """Read a pipeline folder's model_index.json; `PipelineFolderError` naming the file and what is wrong with it."""
+    index_file = Path(folder) / MODEL_INDEX
+    try:
+        index = json.loads(index_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PipelineFolderError(f"{index_file} is unreadable or not JSON ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(index, dict):
+        raise PipelineFolderError(f"{index_file} must hold a JSON object, got {type(index).__name__}")
+    for key in _COMPONENTS:
+        entry = index.get(key)
+        if entry is None:
+            raise PipelineFolderError(f"{index_file} has no {key!r} entry (needs {', '.join(map(repr, _COMPONENTS))}); "
+                                      "re-export the pipeline with `rlgen diffusion train` or diffusion.export.save_pipeline")
+        if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(e, str) for e in entry)):
+            raise PipelineFolderError(f"{index_file}: entry {key!r} must be a [module, class] pair, got {entry!r}")
+        if not (Path(folder) / key).is_dir():
+            raise PipelineFolderError(f"{index_file} names {key!r} but the folder {Path(folder) / key} is missing")
+    return index
+
+
 def load_pipeline(model_dir: str | os.PathLike) -> UnconditionalPipeline:
     """Load a trained pipeline from a run folder (or its ``pipeline/`` subfolder) with the installed classes."""
     from .pipeline import UnconditionalPipeline
@@ -84,6 +110,7 @@ def load_pipeline(model_dir: str | os.PathLike) -> UnconditionalPipeline:
     from .unet import UNet
 
     folder = find_pipeline_dir(model_dir)
+    check_model_index(folder)
     unet = UNet.from_pretrained(str(folder), subfolder="unet")
     scheduler = NoiseScheduler.from_pretrained(str(folder), subfolder="scheduler")
     return UnconditionalPipeline(unet=unet, scheduler=scheduler)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -66,3 +67,30 @@ def replace_folder_atomically(path: str | os.PathLike, write: Callable[[Path], A
             if p.exists():
                 shutil.rmtree(p)
     return path
+
+
+# What `replace_atomically` leaves behind when killed mid-write: ".NAME.<8 mkstemp characters><suffix>"; and
+# `replace_folder_atomically`: ".NAME.tmp" / ".NAME.old" folders.
+_TEMP_FILE = re.compile(r"^\..+\.[a-z0-9_]{8}\.[A-Za-z0-9]+$")
+_TEMP_FOLDER = re.compile(r"^\..+\.(tmp|old)$")
+
+
+def remove_stale_temp_files(*folders: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files and folders an interrupted (SIGKILLed) atomic write left in ``folders``.
+
+    Only hidden names of the two shapes above are touched, one level deep; returns what was removed. Call it when a
+    run (re)starts, before its own writes begin.
+    """
+    removed = []
+    for folder in map(Path, folders):
+        if not folder.is_dir():
+            continue
+        for entry in folder.iterdir():
+            if entry.is_dir() and not entry.is_symlink() and _TEMP_FOLDER.match(entry.name):
+                shutil.rmtree(entry, ignore_errors=True)
+            elif entry.is_file() and (_TEMP_FILE.match(entry.name) or _TEMP_FOLDER.match(entry.name)):
+                entry.unlink(missing_ok=True)
+            else:
+                continue
+            removed.append(entry)
+    return removed

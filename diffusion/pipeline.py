@@ -26,6 +26,23 @@ class UnconditionalPipelineOutput(BaseOutput):
     trajectory: list[Any] | None = None
 
 
+class NonFiniteSampleError(ValueError):
+    """Sampling that would produce NaN or infinite images: non-finite weights, or a reverse process that diverged."""
+
+
+def check_finite_weights(unet: torch.nn.Module) -> None:
+    """Raise `NonFiniteSampleError` naming the first parameters with NaN or infinite values (one host sync)."""
+    params = [p for p in unet.parameters() if p.numel()]
+    if not params or bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+        return
+    bad = [name for name, p in unet.named_parameters() if p.numel() and not bool(torch.isfinite(p).all())]
+    more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+    raise NonFiniteSampleError(
+        f"the U-Net's weights are not finite (NaN or inf in {', '.join(bad[:3])}{more}); sampling it would only "
+        "give NaN images: load a checkpoint or pipeline whose weights are finite"
+    )
+
+
 def denoise(
     unet: torch.nn.Module,
     scheduler: SchedulerMixin,
@@ -39,8 +56,10 @@ def denoise(
 
     Works with any diffusers scheduler: ``scale_model_input`` before the model, and ``generator``/``eta`` passed to
     ``step`` only when it accepts them. ``x`` keeps its dtype; the model sees its own dtype (mixed precision).
-    ``on_step(i, x_t)`` is called after every step (trajectories, progress).
+    ``on_step(i, x_t)`` is called after every step (trajectories, progress). Non-finite weights (checked before the
+    first step) or a non-finite final sample raise `NonFiniteSampleError`, never an image made of NaNs.
     """
+    check_finite_weights(unet)
     accepted = inspect.signature(scheduler.step).parameters
     step_kwargs = {k: v for k, v in (("generator", generator), ("eta", eta)) if k in accepted}
     timesteps = scheduler.timesteps if progress is None else progress(scheduler.timesteps)
@@ -50,6 +69,12 @@ def denoise(
         x = scheduler.step(model_output, t, x, **step_kwargs).prev_sample
         if on_step is not None:
             on_step(i, x)
+    if not bool(torch.isfinite(x).all()):
+        raise NonFiniteSampleError(
+            f"sampling produced non-finite values (NaN or inf) with {type(scheduler).__name__} over "
+            f"{len(scheduler.timesteps)} steps although the weights are finite; the model or scheduler diverged: "
+            "try another scheduler or step count, or a better-trained checkpoint"
+        )
     return x
 
 

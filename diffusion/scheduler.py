@@ -39,6 +39,11 @@ def _choice(name: str, value: str, accepted: Sequence[str]) -> None:
         raise ValueError(f"{name}={value!r} is not supported; use one of {', '.join(repr(a) for a in accepted)}")
 
 
+def _positive_finite(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name}={value!r} is not supported; use a finite number > 0")
+
+
 def make_betas(
     schedule: str, num_train_timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02
 ) -> torch.Tensor:
@@ -107,8 +112,18 @@ class NoiseScheduler(SchedulerMixin, ConfigMixin):
         _choice("prediction_type", prediction_type, PREDICTION_TYPES)
         _choice("variance_type", variance_type, VARIANCE_TYPES)
         _choice("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS)
-        if not 0 < beta_start < beta_end < 1:
+        if not 0 < beta_start < beta_end < 1:  # False for NaN too
             raise ValueError(f"need 0 < beta_start < beta_end < 1, got beta_start={beta_start}, beta_end={beta_end}")
+        # clip_sample_range <= 0 would force every x_0 estimate to -r; a ratio outside (0, 1] breaks the quantile.
+        _positive_finite("clip_sample_range", clip_sample_range)
+        _positive_finite("sample_max_value", sample_max_value)
+        if not 0 < dynamic_thresholding_ratio <= 1:
+            raise ValueError(f"dynamic_thresholding_ratio={dynamic_thresholding_ratio!r} is not supported; "
+                             "use a number in (0, 1]")
+        if isinstance(steps_offset, bool) or not isinstance(steps_offset, int) or not \
+                0 <= steps_offset < num_train_timesteps:
+            raise ValueError(f"steps_offset={steps_offset!r} is not supported; use an int in "
+                             f"[0, {num_train_timesteps - 1}] (num_train_timesteps={num_train_timesteps})")
 
         if trained_betas is not None:
             betas = torch.as_tensor(np.asarray(trained_betas), dtype=torch.float32)
@@ -209,6 +224,7 @@ class NoiseScheduler(SchedulerMixin, ConfigMixin):
         return_dict: bool = True,
     ) -> NoiseSchedulerOutput | tuple:
         """Sample x_{t_prev} ~ p(x_{t_prev} | x_t) from the model output at ``timestep``."""
+        self._check_timesteps(timestep, "step")
         t = timestep
         prev_t = self.previous_timestep(t)
         predicted_variance = None
@@ -280,6 +296,22 @@ class NoiseScheduler(SchedulerMixin, ConfigMixin):
         return torch.exp(0.5 * (frac * torch.log(beta_t) + (1 - frac) * torch.log(beta_tilde)))
 
     # ------------------------------------------------------------------ forward process
+    def _check_timesteps(self, timesteps: int | torch.Tensor, where: str) -> None:
+        """A ValueError naming the timestep and the accepted range (instead of an IndexError, or a device assert)."""
+        T = self.config.num_train_timesteps
+        t = torch.as_tensor(timesteps)
+        if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+            raise ValueError(f"{where}: timestep must be an integer in [0, {T - 1}], got dtype {t.dtype}")
+        if t.numel() == 0:
+            return
+        lo, hi = (int(v) for v in torch.stack([t.min(), t.max()]).tolist())  # one host sync
+        if lo < 0 or hi >= T:
+            bad = lo if lo < 0 else hi
+            # 'leading' spacing with steps_offset gets there the way DDPMScheduler's set_timesteps does
+            hint = f"; steps_offset={self.config.steps_offset} shifted it" if hi >= T and self.config.steps_offset else ""
+            raise ValueError(f"{where}: timestep {bad} is out of range; accepted: 0 to {T - 1} "
+                             f"(num_train_timesteps={T}){hint}")
+
     def _gather(self, timesteps: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self.alphas_cumprod = self.alphas_cumprod.to(like.device)
         a_bar = self.alphas_cumprod.to(like.dtype)[torch.as_tensor(timesteps, device=like.device)].flatten()
@@ -290,11 +322,13 @@ class NoiseScheduler(SchedulerMixin, ConfigMixin):
         self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
     ) -> torch.Tensor:
         """Draw x_t ~ q(x_t | x_0) given the noise."""
+        self._check_timesteps(timesteps, "add_noise")
         sqrt_ab, sqrt_1m_ab = self._gather(timesteps, original_samples)
         return sqrt_ab * original_samples + sqrt_1m_ab * noise  # DDPM eq. 4: x_t = sqrt(a_bar) x_0 + sqrt(1 - a_bar) eps
 
     def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """The v-prediction target for clean ``sample`` and ``noise``."""
+        self._check_timesteps(timesteps, "get_velocity")
         sqrt_ab, sqrt_1m_ab = self._gather(timesteps, sample)
         return sqrt_ab * noise - sqrt_1m_ab * sample  # v = sqrt(a_bar) eps - sqrt(1 - a_bar) x_0
 

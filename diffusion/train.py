@@ -12,7 +12,9 @@ augmentations use per-process streams (``set_seed(seed, device_specific=True)``)
 
 Faults never lose work: ``resume="latest"`` continues the same run; an unreadable checkpoint raises
 `CheckpointError`; a non-finite loss stops with `NonFiniteLossError` before it reaches the weights; Ctrl-C
-finishes the current step, checkpoints and returns with ``interrupted=True`` (a second Ctrl-C aborts at once).
+finishes the current step, checkpoints and returns with ``interrupted=True`` (a second Ctrl-C aborts at once);
+the first checkpoint comes early (`FIRST_CHECKPOINT_S`, a tenth of the steps); no checkpoint holds non-finite
+weights; temp files a killed write left behind are removed when the run starts again.
 """
 from __future__ import annotations
 
@@ -28,11 +30,12 @@ from typing import Any, Callable
 
 import torch
 
-from .checkpoints import (CheckpointError, NonFiniteLossError, checkpoint_path, prepare_run_folder, rng_state,
-                          set_rng_state, write_checkpoint, write_run_config)
+from .checkpoints import (CheckpointError, NonFiniteLossError, checkpoint_dir, checkpoint_path, last_good_checkpoint,
+                          prepare_run_folder, rng_state, set_rng_state, write_checkpoint, write_run_config)
 from .config import TrainConfig
 from .data import load_training_data
 from .export import save_pipeline
+from .files import remove_stale_temp_files
 from .launch import make_accelerator
 from .sampling import generate, sampling_scheduler, save_gif, save_grid
 from .training_parts import (BatchOrder, LoaderBatches, StopFlag, build_scheduler, build_unet,
@@ -40,6 +43,9 @@ from .training_parts import (BatchOrder, LoaderBatches, StopFlag, build_schedule
 
 # Clock of the time budget and of time-based schedules (a function so tests can substitute a fake clock).
 _clock = time.monotonic
+# A new run writes its first checkpoint early, at the first of: this much training time, a tenth of the time budget,
+# or a tenth of the planned steps; then every checkpoint_every steps. A kill before step checkpoint_every keeps it.
+FIRST_CHECKPOINT_S = 600.0
 
 
 @dataclass
@@ -72,6 +78,9 @@ class Run:
         self.resumed_from, state = prepare_run_folder(c)
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
+            # Temp files of a write that a SIGKILL interrupted never outlive the next start of the run.
+            remove_stale_temp_files(self.out, checkpoint_dir(self.out), self.out / "samples", self.out / "pipeline",
+                                    self.out / "logs")
             write_run_config(c)
         self._load_data()
         torch.manual_seed(c.seed)  # the same initial weights on every process
@@ -191,10 +200,12 @@ class Run:
         losses = acc.gather(torch.stack(local)).reshape(self.world, accumulate).mean(dim=0).tolist()
         non_finite = next((x for x in losses if not math.isfinite(x)), None)
         if non_finite is not None:  # before the update: the weights stay those of the last finite step
-            self._stop_on_non_finite(non_finite)
+            self._stop_on_non_finite(f"loss became {non_finite}")
         grad_norm = None
         if c.grad_clip > 0:
             grad_norm = float(acc.clip_grad_norm_(self.model.parameters(), c.grad_clip))
+            if not math.isfinite(grad_norm):  # clipping by a NaN/inf norm would poison every weight
+                self._stop_on_non_finite(f"gradient norm became {grad_norm} (the loss was finite)")
         self.consistent = False
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -204,18 +215,23 @@ class Run:
         self.consistent = True
         return self.last_loss, grad_norm
 
-    def _stop_on_non_finite(self, loss: float) -> None:
+    def _weights_finite(self) -> bool:
+        """Whether the weights and EMA weights hold no NaN or inf (one host sync; equal on every process)."""
+        tensors = [p for p in (*self.unwrapped.parameters(), *self.ema.shadow_params) if p.numel()]
+        return bool(torch.stack([torch.isfinite(p).all() for p in tensors]).all())
+
+    def _stop_on_non_finite(self, what: str) -> None:
         # The weights are still those of the last finite step: keep them if they are themselves finite.
-        if self.step > 0 and all(torch.isfinite(p).all() for p in self.unwrapped.parameters()):
-            if not self._checkpointed_now():
-                self.save_checkpoint()
-        where = f"last good checkpoint: {self.last_ckpt}" if self.last_ckpt else "no checkpoint was written yet"
+        finite = self._weights_finite()
+        if self.step > 0 and finite and not self._checkpointed_now():
+            self.save_checkpoint()
+        cause = ("Lower --lr or check the data, then resume from the checkpoint." if finite else
+                 "The weights themselves are not finite: resume from the checkpoint with a lower --lr.")
+        good = last_good_checkpoint(self.out)
+        where = f"last good checkpoint: {good}" if good else "no good checkpoint was written yet"
         last = f"{self.last_loss:.6g}" if self.last_loss is not None else "none"
-        raise NonFiniteLossError(
-            f"loss became {loss} at step {self.step + 1}; last finite loss {last}; {where}. "
-            "Lower --lr or check the data, then resume from the checkpoint.",
-            self.step + 1, self.last_loss, self.last_ckpt,
-        )
+        raise NonFiniteLossError(f"{what} at step {self.step + 1}; last finite loss {last}; {where}. {cause}",
+                                 self.step + 1, self.last_loss, good)
 
     # ------------------------------------------------------------------ outputs
     def elapsed(self) -> float:
@@ -231,12 +247,28 @@ class Run:
     def _checkpointed_now(self) -> bool:
         return self.last_ckpt is not None and Path(self.last_ckpt) == checkpoint_path(self.out, self.step)
 
+    def _first_checkpoint_due(self, now_s: float) -> bool:
+        """A run without a checkpoint yet writes one at the first of FIRST_CHECKPOINT_S, a tenth of the time budget
+        or a tenth of the planned steps (``now_s`` is agreed over the processes, so they all decide alike)."""
+        if self.last_ckpt is not None:
+            return False
+        budget = self.config.time_budget_s
+        seconds = min(FIRST_CHECKPOINT_S, budget / 10) if budget else FIRST_CHECKPOINT_S
+        return self.step >= max(1, self.total_steps // 10) or now_s >= seconds
+
     def save_checkpoint(self) -> Path:
         """Every process hands in its random state; the main process writes the checkpoint."""
         from accelerate.utils import gather_object
 
-        rngs = gather_object([rng_state()]) if self.world > 1 else [rng_state()]
         path = checkpoint_path(self.out, self.step)
+        if not self._weights_finite():  # on every process (the weights are equal), so none waits for a write
+            good = last_good_checkpoint(self.out)
+            raise NonFiniteLossError(
+                f"the weights became non-finite by step {self.step} (last loss {self.last_loss}); not writing {path}; "
+                f"last good checkpoint: {good or 'none'}. Lower --lr or keep --grad-clip on, then resume from it.",
+                self.step, self.last_loss, good,
+            )
+        rngs = gather_object([rng_state()]) if self.world > 1 else [rng_state()]
         if self.main:
             state = {
                 "step": self.step, "last_loss": self.last_loss, "config": self.config.to_json(),
@@ -310,7 +342,7 @@ class Run:
                     if stop_now:
                         interrupted = True
                         break
-                    if self.step % c.checkpoint_every == 0:
+                    if self.step % c.checkpoint_every == 0 or self._first_checkpoint_due(now_s):
                         self.save_checkpoint()
                     if c.sample_every and self.step % c.sample_every == 0 and self.main:
                         self.outputs += self.preview(f"step-{self.step:08d}")

@@ -152,13 +152,14 @@ def _train(args: argparse.Namespace) -> int:
     from diffusion.data import DataError
     from diffusion import train as dtrain
     from diffusion.checkpoints import CheckpointError, LaunchError, NonFiniteLossError
+    from diffusion.pipeline import NonFiniteSampleError
 
     config = build_train_config(args)
     try:
         result = dtrain.train(config)
     except (DataError, LaunchError) as exc:
         raise UsageError(str(exc)) from None
-    except (CheckpointError, NonFiniteLossError) as exc:
+    except (CheckpointError, NonFiniteLossError, NonFiniteSampleError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAULT
     except KeyboardInterrupt:
@@ -196,12 +197,18 @@ def _scheduler_and_steps(name: str, steps: int | None, pipe: Any) -> tuple[Any, 
 
 
 def _load(model_dir: str) -> Any:
-    from diffusion.export import load_pipeline
+    """The pipeline of MODEL_DIR, its weights checked finite; any problem with the folder is a usage error."""
+    from diffusion.export import PipelineFolderError, load_pipeline
+    from diffusion.pipeline import NonFiniteSampleError, check_finite_weights
 
     try:
-        return load_pipeline(model_dir)
-    except FileNotFoundError as exc:
+        pipe = load_pipeline(model_dir)
+        check_finite_weights(pipe.unet)
+    except (FileNotFoundError, PipelineFolderError) as exc:
         raise UsageError(str(exc)) from None
+    except NonFiniteSampleError as exc:
+        raise UsageError(f"{model_dir}: {exc}") from None
+    return pipe
 
 
 def _sample(args: argparse.Namespace) -> int:
@@ -219,9 +226,14 @@ def _sample(args: argparse.Namespace) -> int:
         out = Path(args.output)
     else:
         out = _run_folder(args.model_dir) / "samples" / f"sample-{args.scheduler}-{steps}.png"
+    from diffusion.pipeline import NonFiniteSampleError
+
     g = torch.Generator().manual_seed(args.seed)
-    images, frames = generate(pipe.unet, scheduler, args.n, steps, generator=g, keep_trajectory=24 if args.gif else 0,
-                              progress=not args.no_progress)
+    try:
+        images, frames = generate(pipe.unet, scheduler, args.n, steps, generator=g,
+                                  keep_trajectory=24 if args.gif else 0, progress=not args.no_progress)
+    except NonFiniteSampleError as exc:  # nothing is written
+        raise UsageError(str(exc)) from None
     print(save_grid(images, out))
     if args.output_dir:
         written = save_images(images, args.output_dir)
@@ -241,13 +253,14 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise UsageError(f"--n must be at least 2, got {args.n}")
     from diffusion.data import DataError
     from diffusion.evaluate import evaluate_model, format_report
+    from diffusion.pipeline import NonFiniteSampleError
 
     pipe = _load(args.model_dir)
     _, steps = _scheduler_and_steps(args.scheduler, args.steps, pipe)
     try:
         report = evaluate_model(args.model_dir, n=args.n, scheduler=args.scheduler, steps=steps, seed=args.seed,
                                 dataset=args.dataset, progress=not args.no_progress, pipeline=pipe)
-    except DataError as exc:
+    except (DataError, NonFiniteSampleError) as exc:
         raise UsageError(str(exc)) from None
     out = _run_folder(args.model_dir) / f"evaluation-{args.scheduler}-{steps}.json"
     from diffusion.checkpoints import read_run_config
