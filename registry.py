@@ -19,21 +19,28 @@ Each component hook receives a ``register(name, obj)`` callback. ``obj`` is the 
 imports torch or diffusers. ``register_presets(register)`` takes ``register(algo, source)`` (a YAML file in
 rl-zoo3's layout, or a mapping of environment ids to hyperparameters), and ``register_commands(subparsers)`` adds
 ``rlgen`` subcommands to argparse's subparsers. Plugins load on first use; ``RLGEN_DISABLE_PLUGINS=a,b`` blocks
-plugins by name.
+plugins by name. A plugin with a hook whose name is no rlgen hook, or a function named like one without
+``@hookimpl``, fails as a whole (:func:`registry_hooks.hook_problems`).
+
+The hook specification, kinds and errors live in :mod:`registry_hooks`; import them from here.
 """
 from __future__ import annotations
 
 import difflib
-import importlib
 import importlib.metadata as metadata
 import os
 import threading
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import pluggy
+
+from registry_hooks import (BUILTIN_PLUGINS, DISABLE_ENV_VAR, ENTRY_POINT_GROUP, KINDS, PROJECT,  # noqa: F401
+                            ComponentImportError, ComponentTypeError, DuplicateComponentError, Kind, PluginInfo,
+                            PluginWarning, PresetSource, Register, RegistryError, RlgenHookSpecs,
+                            UnknownComponentError, UnknownKindError, _check_type, _Entry, _normalize_kind,
+                            _split_import_path, builtins_first, hook_problems, hookimpl, hookspec, import_path)
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -49,6 +56,7 @@ __all__ = [
     "UnknownComponentError",
     "UnknownKindError",
     "builtins_first",
+    "hook_problems",
     "get",
     "hookimpl",
     "hookspec",
@@ -60,184 +68,6 @@ __all__ = [
     "reset",
     "unregister_plugin",
 ]
-
-PROJECT = "rlgen"
-ENTRY_POINT_GROUP = "rlgen"
-DISABLE_ENV_VAR = "RLGEN_DISABLE_PLUGINS"
-#: The project's own plugins: their presets are looked up before any other plugin's.
-BUILTIN_PLUGINS = ("rlgen-rainbow", "rlgen-diffusion")
-
-
-def builtins_first(plugin: str) -> tuple[bool, str]:
-    """Sort key of plugin names: the built-in plugins first, then the others by name (presets, commands)."""
-    return plugin not in BUILTIN_PLUGINS, plugin
-
-
-hookspec = pluggy.HookspecMarker(PROJECT)
-hookimpl = pluggy.HookimplMarker(PROJECT)
-
-Register = Callable[[str, Any], None]
-
-
-class RlgenHookSpecs:
-    """The public hooks of rlgen. Each receives ``register(name, obj)``; ``obj`` may be an import path string."""
-
-    @hookspec
-    def register_algorithms(self, register: Register) -> None:
-        """Register algorithm classes: subclasses of ``stable_baselines3.common.base_class.BaseAlgorithm``."""
-
-    @hookspec
-    def register_policies(self, register: Register) -> None:
-        """Register policy classes: subclasses of ``stable_baselines3.common.policies.BasePolicy``."""
-
-    @hookspec
-    def register_buffers(self, register: Register) -> None:
-        """Register replay buffer classes: subclasses of ``stable_baselines3.common.buffers.BaseBuffer``."""
-
-    @hookspec
-    def register_models(self, register: Register) -> None:
-        """Register diffusion model classes: subclasses of ``diffusers.ModelMixin``."""
-
-    @hookspec
-    def register_schedulers(self, register: Register) -> None:
-        """Register noise scheduler classes: subclasses of ``diffusers.SchedulerMixin``."""
-
-    @hookspec
-    def register_presets(self, register: Register) -> None:
-        """Register hyperparameter presets: ``register(algo, source)`` with ``source`` a YAML file (rl-zoo3 layout:
-        environment id -> hyperparameters) or such a mapping. ``rlgen train`` reads the built-ins' first."""
-
-    @hookspec
-    def register_commands(self, subparsers: Any) -> None:
-        """Add ``rlgen`` subcommands: ``subparsers`` is argparse's, so call ``subparsers.add_parser(name, ...)`` and
-        ``set_defaults(func=handler)``; ``handler(args)`` returns the exit status. Import nothing heavy here.
-        Called by the application (``rlgen_plugins.cli.plugin_commands``) each time it builds its command line."""
-
-
-@dataclass(frozen=True)
-class Kind:
-    """A kind of component: the hook that registers it and the base class every component must derive from."""
-
-    name: str
-    hook: str
-    base_class: str  # "module.QualName": compared by name along the MRO, so no import is needed to check it
-
-    @property
-    def singular(self) -> str:
-        return self.name[:-1]
-
-
-KINDS: dict[str, Kind] = {
-    kind.name: kind
-    for kind in (
-        Kind("algorithms", "register_algorithms", "stable_baselines3.common.base_class.BaseAlgorithm"),
-        Kind("policies", "register_policies", "stable_baselines3.common.policies.BasePolicy"),
-        Kind("buffers", "register_buffers", "stable_baselines3.common.buffers.BaseBuffer"),
-        Kind("models", "register_models", "diffusers.models.modeling_utils.ModelMixin"),
-        Kind("schedulers", "register_schedulers", "diffusers.schedulers.scheduling_utils.SchedulerMixin"),
-    )
-}
-_KIND_ALIASES = {**{k: k for k in KINDS}, **{kind.singular: k for k, kind in KINDS.items()}, "policy": "policies"}
-
-
-class RegistryError(Exception):
-    """Base class of the registry's errors."""
-
-
-class UnknownKindError(RegistryError, LookupError):
-    """A kind that is not one of :data:`KINDS`."""
-
-
-class UnknownComponentError(RegistryError, LookupError):
-    """No plugin registered a component of that kind under that name."""
-
-
-class DuplicateComponentError(RegistryError):
-    """Two plugins registered the same name for the same kind."""
-
-
-class ComponentTypeError(RegistryError, TypeError):
-    """A registered object is not of the kind's expected type."""
-
-
-class ComponentImportError(RegistryError, ImportError):
-    """A registered import path could not be imported."""
-
-
-class PluginWarning(UserWarning):
-    """A plugin failed to load or to register; the other plugins are unaffected."""
-
-
-@dataclass
-class PluginInfo:
-    """What ``rlgen plugins`` shows for one plugin."""
-
-    name: str
-    distribution: str | None = None
-    version: str | None = None
-    provides: dict[str, list[str]] = field(default_factory=dict)
-    status: str = "loaded"  # "loaded", "failed" or "disabled"
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class PresetSource:
-    """One plugin's presets for one algorithm: a YAML file or a mapping of environment ids to hyperparameters."""
-
-    algo: str
-    source: Path | Mapping[str, Any]
-    plugin: str
-
-    def describe(self) -> str:
-        where = str(self.source) if isinstance(self.source, Path) else "a mapping"
-        return f"plugin {self.plugin!r} ({where})"
-
-
-@dataclass
-class _Entry:
-    kind: str
-    name: str
-    target: Any
-    plugin: str
-    resolved: Any = None
-    is_resolved: bool = False
-
-
-def _qualified_names(cls: type) -> set[str]:
-    return {f"{base.__module__}.{base.__qualname__}" for base in cls.__mro__}
-
-
-def _check_type(kind: Kind, name: str, obj: Any, plugin: str, origin: str = "") -> None:
-    if isinstance(obj, type) and kind.base_class in _qualified_names(obj):
-        return
-    what = f"class {obj.__module__}.{obj.__qualname__}" if isinstance(obj, type) else f"{type(obj).__name__} {obj!r}"
-    raise ComponentTypeError(
-        f"plugin {plugin!r} registered {kind.singular} {name!r}{origin} as {what}, "
-        f"but a {kind.singular} must be a subclass of {kind.base_class}"
-    )
-
-
-def _split_import_path(path: str) -> tuple[str, str]:
-    module, sep, attribute = path.partition(":")
-    if not sep or not module or not attribute:
-        raise ValueError(f"import path {path!r} must look like 'package.module:Attribute'")
-    return module, attribute
-
-
-def import_path(path: str) -> Any:
-    """Import ``"package.module:Attribute"`` (dots after the colon walk attributes)."""
-    module_name, attribute = _split_import_path(path)
-    obj: Any = importlib.import_module(module_name)
-    for part in attribute.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def _normalize_kind(kind: str) -> str:
-    try:
-        return _KIND_ALIASES[kind]
-    except (KeyError, TypeError):
-        raise UnknownKindError(f"unknown component kind {kind!r}; the kinds are: {', '.join(KINDS)}") from None
 
 
 def _blocked_from_env() -> set[str]:
@@ -340,6 +170,12 @@ class Registry:
             self.plugin_manager.register(plugin, name=info.name)
         except Exception as exc:  # pluggy rejects malformed hook implementations
             self._fail(info, "has invalid hooks", exc)
+            return
+        problems = hook_problems(self.plugin_manager, plugin)
+        if problems:  # a misspelt or unmarked hook: the whole plugin fails, loudly, rather than provide less
+            self.plugin_manager.unregister(plugin)
+            self._fail(info, "does not match rlgen's hook specification",
+                       pluggy.PluginValidationError(plugin, "; ".join(problems)))
             return
         for kind in KINDS.values():
             caller = getattr(self.plugin_manager.hook, kind.hook)

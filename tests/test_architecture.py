@@ -38,4 +38,12 @@ def test_the_application_reaches_the_built_in_plugins_only_through_the_registry(
 def test_every_module_stays_under_400_lines() -> None:
     long = {str(p.relative_to(ROOT)): n for folder in ("policies", "buffers", "diffusion", "rlgen_plugins")
             for p in (ROOT / folder).rglob("*.py") if (n := len(p.read_text().splitlines())) >= 400}
+    long.update({p.name: n for p in ROOT.glob("*.py") if (n := len(p.read_text().splitlines())) >= 400})
     assert long == {}
+
+
+def test_top_level_modules_are_the_installed_ones() -> None:
+    """registry.py and the modules it is split into are installed (pyproject's py-modules)."""
+    tomllib = pytest.importorskip("tomllib")
+    installed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["py-modules"])
+    assert installed == {p.stem for p in ROOT.glob("*.py")}

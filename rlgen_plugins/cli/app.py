@@ -11,7 +11,7 @@ import sys
 from typing import Callable, Sequence
 
 import registry
-from rlgen_plugins.cli.errors import UsageError
+from rlgen_plugins.cli.errors import UsageError, one_line
 from rlgen_plugins.cli.plugin_commands import add_plugin_commands
 
 DESCRIPTION = """\
@@ -77,7 +77,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         print("interrupted before training started", file=sys.stderr)
         return 130
     mean = "n/a" if result.last_mean_reward is None else f"{result.last_mean_reward:.1f}"
-    print(f"trained {result.timesteps} steps (seed {result.seed}); last evaluation mean return {mean}")
+    updates = "" if result.gradient_steps is None else f", {result.gradient_steps} gradient steps"
+    print(f"trained {result.timesteps} steps{updates} (seed {result.seed}); last evaluation mean return {mean}")
+    if result.gradient_steps == 0:
+        print(f"warning: no gradient step was taken in {result.timesteps} steps (the run ended before the "
+              f"algorithm's learning_starts): the model is untrained", file=sys.stderr)
     if target is not None:
         print(f"solved (>= {target:g}) at step {result.solved_at}" if result.solved_at is not None
               else f"not solved (>= {target:g}) within {result.timesteps} steps")
@@ -145,8 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="output folder (default: runs/ALGO-ENV); one that holds files becomes DIR_1, DIR_2, ...")
     train.add_argument("--overwrite", action="store_true",
                        help="write into an existing --output folder, replacing the previous run's files")
-    train.add_argument("--eval-freq", type=int, default=1000, help="evaluate every N steps (default 1000)")
-    train.add_argument("--eval-episodes", type=int, default=10, help="episodes per evaluation (default 10)")
+    train.add_argument("--eval-freq", type=int, default=1000,
+                       help="evaluate every N steps (default 1000); 0 or negative: never, as in rl-zoo3")
+    train.add_argument("--eval-episodes", type=positive_int("--eval-episodes"), default=10, metavar="N",
+                       help="episodes per evaluation (default 10)")
     stop = train.add_mutually_exclusive_group()
     stop.add_argument("--until-solved", action="store_true",
                       help="stop once the evaluation reaches the environment's reward_threshold")
@@ -167,9 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train)
 
     evaluate = sub.add_parser("evaluate", help="mean and std of a saved model's return")
-    evaluate.add_argument("model", metavar="MODEL_ZIP", help="a model saved by rlgen train (or SB3's save)")
+    evaluate.add_argument("model", metavar="MODEL_ZIP",
+                          help="a model saved by rlgen train (or SB3's save), or a run folder (its model.zip)")
     evaluate.add_argument("--env", metavar="ENV_ID", help="gymnasium id (default: read from rlgen.json beside it)")
-    evaluate.add_argument("--episodes", type=int, default=10, help="episodes (default 10)")
+    evaluate.add_argument("--episodes", type=positive_int("--episodes"), default=10, metavar="N",
+                          help="episodes (default 10)")
     evaluate.add_argument("--algo", help="algorithm that saved it (default: read from rlgen.json beside it)")
     evaluate.add_argument("--seed", type=int, default=0, help="environment seed (default 0)")
     evaluate.add_argument("--stochastic", action="store_true", help="sample actions instead of the greedy ones")
@@ -190,9 +198,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         return int(args.func(args) or 0)
     except UsageError as exc:
-        print(f"rlgen: error: {exc}", file=sys.stderr)
+        print(f"rlgen: error: {one_line(exc)}", file=sys.stderr)
         return 2
     except registry.RegistryError as exc:
-        print(f"rlgen: error: {exc}", file=sys.stderr)
+        print(f"rlgen: error: {one_line(exc)}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a folder or file that cannot be written or read: name it, no traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"rlgen: error: {where}{one_line(exc.strerror or exc)}", file=sys.stderr)
         return 1
 

@@ -15,6 +15,7 @@ import re
 import shutil
 import signal
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -266,11 +267,15 @@ def continue_evaluations(evaluator: EvalCallback, num_timesteps: int, n_envs: in
     ``num_timesteps`` (read back from its ``evaluations.npz``), best and last mean return, and its step count."""
     path = f"{evaluator.log_path}.npz"  # np.savez appends the suffix
     if evaluator.log_path is not None and os.path.isfile(path):
-        with np.load(path) as old:
-            kept = old["timesteps"] <= num_timesteps
-            evaluator.evaluations_timesteps = old["timesteps"][kept].tolist()
-            evaluator.evaluations_results = old["results"][kept].tolist()
-            evaluator.evaluations_length = old["ep_lengths"][kept].tolist()
+        try:
+            with np.load(path) as old:
+                kept = old["timesteps"] <= num_timesteps
+                evaluator.evaluations_timesteps = old["timesteps"][kept].tolist()
+                evaluator.evaluations_results = old["results"][kept].tolist()
+                evaluator.evaluations_length = old["ep_lengths"][kept].tolist()
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            raise CheckpointError(f"evaluations file {path} cannot be read ({type(exc).__name__}: {exc}); remove it "
+                                  f"to resume without the earlier evaluations") from None
         if evaluator.evaluations_results:
             evaluator.best_mean_reward = max(float(np.mean(r)) for r in evaluator.evaluations_results)
             evaluator.last_mean_reward = float(np.mean(evaluator.evaluations_results[-1]))

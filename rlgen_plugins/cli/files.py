@@ -1,22 +1,27 @@
 """Atomic file writes of ``rlgen train`` / ``rlgen evaluate``: the library's writers (``diffusion.files``, standard
 library only; ``diffusion`` loads its models lazily, so this imports neither torch nor diffusers), SB3 zips, JSON
-records and the hashing and flushing that checkpoints need."""
+records, the hashing and flushing that checkpoints need, the clean-up of what an interrupted write left, and the
+shield that keeps a run's final writes whole through a second Ctrl-C."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from diffusion.files import replace_atomically, write_text_atomically
+from rlgen_plugins.cli.errors import UsageError
 
-__all__ = ["RUN_INFO_FILE", "fsync_dir", "jsonable", "read_run_record", "replace_atomically", "save_atomically",
-           "sha256", "write_json_atomically", "write_text_atomically"]
+__all__ = ["RUN_INFO_FILE", "deferred_signals", "fsync_dir", "jsonable", "read_run_record", "remove_stale_temporaries",
+           "replace_atomically", "save_atomically", "sha256", "write_json_atomically", "write_text_atomically"]
 
 #: A run folder's record: its description, status and results.
 RUN_INFO_FILE = "rlgen.json"
@@ -47,12 +52,61 @@ def write_json_atomically(path: str | os.PathLike, data: Any, fsync: bool = Fals
 
 
 def read_run_record(folder: str | os.PathLike) -> dict[str, Any]:
-    """The run record (``rlgen.json``) in ``folder``, or ``{}`` when it is missing or unreadable."""
+    """The run record (``rlgen.json``) in ``folder``, or ``{}`` when there is none; one that is not a JSON object
+    (a damaged or foreign file) is a ``UsageError`` naming it, never silently taken for a missing one."""
+    path = Path(folder) / RUN_INFO_FILE
     try:
-        record = json.loads((Path(folder) / RUN_INFO_FILE).read_text())
-    except (OSError, ValueError):
+        text = path.read_text()
+    except FileNotFoundError:
         return {}
-    return record if isinstance(record, dict) else {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"run record {path} cannot be read: {getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        record = json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"run record {path} is not valid JSON ({exc}); repair or remove it") from None
+    if not isinstance(record, dict):
+        raise UsageError(f"run record {path} is not a JSON object but {type(record).__name__}; repair or remove it")
+    for key, kind in (("algo", str), ("env", str), ("env_options", dict), ("hyperparams", dict)):
+        if key in record and not isinstance(record[key], kind):
+            raise UsageError(f"run record {path}: {key!r} is {record[key]!r}, not a {kind.__name__}; "
+                             f"repair or remove it")
+    return record
+
+
+#: The temporary files :func:`replace_atomically` writes beside a file (``.NAME.<8 random characters><suffix>``).
+_TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp(\.zip|\.pkl)?")
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files an interrupted atomic write left in ``folder`` (a killed process never removes
+    them); return them. Call it only where no other process is writing (a run starting in its own folder)."""
+    folder = Path(folder)
+    stale = [p for p in (folder.iterdir() if folder.is_dir() else []) if p.is_file() and _TEMPORARY.fullmatch(p.name)]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+@contextlib.contextmanager
+def deferred_signals(signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) -> Iterator[list[int]]:
+    """Hold ``signals`` back while inside (a run's final writes), then deliver them to the handlers there before
+    (SIGINT: ``KeyboardInterrupt`` as the block ends). Yields the signals received so far. Outside the main
+    thread, where handlers cannot be set, nothing is held back."""
+    received: list[int] = []
+    try:
+        previous = {signum: signal.signal(signum, lambda signum, frame: received.append(signum))
+                    for signum in signals}
+    except ValueError:  # not the main thread
+        yield received
+        return
+    try:
+        yield received
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        for signum in dict.fromkeys(received):
+            signal.raise_signal(signum)
 
 
 def sha256(path: str | os.PathLike) -> str:

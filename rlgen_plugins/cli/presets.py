@@ -25,6 +25,7 @@ import yaml
 
 import registry
 from registry import import_path
+from rlgen_plugins.cli.errors import one_line
 from rlgen_plugins.cli.zoo_strings import EVALUATED_KEYS, evaluate_string
 
 if TYPE_CHECKING:
@@ -46,8 +47,13 @@ def _read_yaml(path: Path) -> Any:
     """The YAML document in ``path`` (``{}`` when empty)."""
     try:
         return yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path} is not valid YAML: {exc}") from exc
+    except yaml.YAMLError as exc:  # one line naming the file and the line (PyYAML's message spans several)
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path} line {mark.line + 1}, column {mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        context = getattr(exc, "context", None)
+        detail = f"{problem} ({context})" if context and mark is not None else problem
+        raise ValueError(f"{where}: not valid YAML: {one_line(detail)}") from None
 
 
 def _check_presets(data: Any, path: Path) -> dict[str, dict[str, Any]]:

@@ -4,13 +4,11 @@ The command-line layer (:mod:`rlgen_plugins.cli`) only parses arguments; everyth
 """
 from __future__ import annotations
 
-import csv
 import difflib
 import functools
 import glob
 import inspect
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -18,10 +16,12 @@ import numpy as np
 import yaml
 
 import registry
-from rlgen_plugins.cli.errors import UsageError
+from rlgen_plugins.cli.errors import UsageError, one_line
 from rlgen_plugins.cli.envs import (VEC_NORMALIZE_FILE, check_env_id, check_spaces, default_policy,
                                     load_vec_normalize, make_env)
-from rlgen_plugins.cli.files import RUN_INFO_FILE, jsonable, read_run_record, save_atomically, write_json_atomically
+from rlgen_plugins.cli.files import (RUN_INFO_FILE, deferred_signals, jsonable, read_run_record,
+                                     remove_stale_temporaries, write_json_atomically)
+from rlgen_plugins.cli.outputs import TrainResult
 from rlgen_plugins.cli.presets import RUN_KEYS, class_factories, find_preset, load_preset, normalize_hyperparams
 
 __all__ = ["TrainResult", "TrainingInterrupted", "evaluate", "output_folder", "parse_overrides", "train"]
@@ -29,21 +29,6 @@ __all__ = ["TrainResult", "TrainingInterrupted", "evaluate", "output_folder", "p
 #: What ``rlgen train`` writes into a run folder (``--overwrite`` removes these first).
 RUN_FILES = ("model.zip", "best_model.zip", "evaluations.csv", "evaluations.npz", "learning_curve.png",
              RUN_INFO_FILE, VEC_NORMALIZE_FILE)
-
-
-@dataclass
-class TrainResult:
-    """Where ``train`` wrote its outputs and the last evaluation."""
-
-    model_path: Path
-    best_model_path: Path | None  # the best evaluated model (None when no evaluation ran)
-    evaluations_path: Path
-    curve_path: Path
-    info_path: Path
-    timesteps: int
-    last_mean_reward: float | None
-    solved_at: int | None
-    seed: int  # the one given, or the one drawn when none was
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -116,6 +101,16 @@ def check_hyperparams(algo_cls: type, algo: str, hyperparams: dict[str, Any]) ->
         raise UsageError(f"unknown hyperparameter {key!r} for {algo}{hint}")
 
 
+def constructor_error(algo: str, exc: BaseException, hyperparams: dict[str, Any], given: Sequence[str]) -> str:
+    """The one line of an algorithm constructor's ``ValueError`` (or the like): it names the hyperparameter when
+    the constructor's message does not (then the ones set by --hyperparams / -p, the likely culprits)."""
+    message = one_line(exc) or type(exc).__name__
+    if not any(re.search(rf"\b{re.escape(key)}\b", message) for key in hyperparams):
+        suspects = [f"{key}={hyperparams[key]!r}" for key in given if key in hyperparams]
+        message += f" (hyperparameters set: {', '.join(suspects)})" if suspects else " (the preset's hyperparameters)"
+    return f"{algo}: {message}"
+
+
 def set_threads(threads: int) -> None:
     """Use ``threads`` torch CPU threads; 0 leaves torch's default."""
     if threads < 0:
@@ -132,32 +127,6 @@ def factory_spec(factory: Any) -> dict[str, dict[str, Any]]:
     return {f"{func.__module__}:{func.__qualname__}": kwargs}
 
 
-def plot_learning_curve(timesteps: Sequence[int], means: Sequence[float], stds: Sequence[float], path: Path,
-                        title: str, threshold: float | None = None) -> None:
-    """Mean evaluation return against environment steps, with a one-std band and the solved threshold."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    t, m, s = np.asarray(timesteps), np.asarray(means), np.asarray(stds)
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    if len(t):
-        ax.plot(t, m, marker="o", label="mean evaluation return")
-        ax.fill_between(t, m - s, m + s, alpha=0.25, label="± 1 std")
-    if threshold is not None:
-        ax.axhline(threshold, color="gray", linestyle="--", label=f"solved ({threshold:g})")
-    ax.set_xlabel("environment steps")
-    ax.set_ylabel("return")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    if len(t) or threshold is not None:
-        ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
 def train(algo: str, env_id: str, *, timesteps: int | None = None, seed: int | None = None,
           n_envs: int | None = None, hyperparams_file: str | None = None, overrides: dict[str, Any] | None = None,
           output: str | Path = "runs", eval_freq: int = 1000, eval_episodes: int = 10,
@@ -171,6 +140,7 @@ def train(algo: str, env_id: str, *, timesteps: int | None = None, seed: int | N
     ``threads`` sets torch's CPU threads (0 keeps torch's default): small policies run fastest on one thread,
     and more threads than free cores slow every step down. ``echo`` gets the lines said before training starts.
     ``vec_env``: ``dummy`` or ``subproc`` (SB3's DummyVecEnv / SubprocVecEnv) for the training envs.
+    ``eval_freq`` <= 0 evaluates never (rl-zoo3's meaning); ``eval_episodes`` must be >= 1.
     ``save_freq`` writes a checkpoint into ``OUTPUT/checkpoints`` every that many env steps (the newest
     ``keep_checkpoints`` kept), and SIGINT / SIGTERM then write one and raise ``StoppedBySignal``. ``resume``
     (``"latest"`` or a checkpoint folder) continues that run, in its own folder, to its planned length.
@@ -178,7 +148,7 @@ def train(algo: str, env_id: str, *, timesteps: int | None = None, seed: int | N
     from stable_baselines3.common.callbacks import EvalCallback
 
     from rlgen_plugins.cli import checkpoints as ckpt
-    from rlgen_plugins.cli import resuming
+    from rlgen_plugins.cli import outputs, resuming
     from rlgen_plugins.cli.callbacks import SaveBestModel
 
     try:
@@ -187,7 +157,13 @@ def train(algo: str, env_id: str, *, timesteps: int | None = None, seed: int | N
         raise UsageError(str(exc)) from None
     check_env_id(env_id)
     set_threads(threads)
+    if isinstance(eval_episodes, bool) or int(eval_episodes) < 1:
+        raise UsageError(f"--eval-episodes must be a positive integer, got {eval_episodes}")
+    if target_reward is not None and eval_freq <= 0:
+        raise UsageError(f"--until-solved / --target-reward stop at an evaluation, but --eval-freq {eval_freq} "
+                         f"turns evaluation off; give --eval-freq a positive number of steps")
     hyperparams, origin = build_hyperparams(algo, env_id, hyperparams_file, overrides or {})
+    given_keys = [*(load_preset(algo, env_id, path=hyperparams_file) if hyperparams_file else {}), *(overrides or {})]
     check_hyperparams(algo_cls, algo, hyperparams)
     preset_total, preset_envs = hyperparams.pop("n_timesteps", None), hyperparams.pop("n_envs", 1)
     given = {"--timesteps": timesteps, "--n-envs": n_envs}
@@ -204,6 +180,10 @@ def train(algo: str, env_id: str, *, timesteps: int | None = None, seed: int | N
     if origin is None and not hyperparams_file:
         echo(f"no preset for {algo} on {env_id} (rlgen plugins lists the presets): running on "
              f"{algo_cls.__name__}'s class defaults for {total} steps")
+    learning_starts = hyperparams.get("learning_starts")
+    if isinstance(learning_starts, int) and not isinstance(learning_starts, bool) and total <= learning_starts:
+        echo(f"warning: {total} steps do not pass learning_starts ({learning_starts}): no gradient step will be "
+             f"taken; train longer or lower learning_starts")
 
     out, resume_from, resume_state = (resuming.resume_source(output, resume) if resume is not None
                                       else (output_folder(output, overwrite), None, {}))
@@ -235,16 +215,19 @@ def train(algo: str, env_id: str, *, timesteps: int | None = None, seed: int | N
         else:
             model = algo_cls(policy, env, seed=seed, verbose=verbose, device=device, **hyperparams)
         extra_callbacks = [factory() for factory in callback_factories]
-    except (ValueError, KeyError, TypeError, UsageError) as exc:
+    except (ValueError, KeyError, TypeError, AssertionError, UsageError) as exc:
         env.close()
         eval_env.close()
         if isinstance(exc, UsageError):
             raise
-        raise UsageError(f"{algo}: {exc}") from None
+        raise UsageError(constructor_error(algo, exc, hyperparams, given_keys)) from None
     if resume_from is None:
         for name in RUN_FILES:
             (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
+    for stale in remove_stale_temporaries(out):  # what a killed run's atomic writes left (resume, --overwrite)
+        echo(f"removed {stale}, a temporary file an interrupted write left")
+    ckpt.prune(out / ckpt.CHECKPOINTS_DIR, None)  # and its half-written checkpoint folders
     record.update(vec_env=vec_env, save_freq=save_freq, keep_checkpoints=keep_checkpoints if save_freq else None,
                   resumed_from=None if resume_from is None else str(resume_from))
     write_json_atomically(out / RUN_INFO_FILE, {**record, "status": "running"})
@@ -253,49 +236,48 @@ def train(algo: str, env_id: str, *, timesteps: int | None = None, seed: int | N
     echo(f"training {algo} on {env_id} for {total} steps (seed {seed}); writing to {out}")
 
     on_new_best = SaveBestModel(out / "best_model.zip", target_reward)
-    # EvalCallback records its results only when given a log_path (it also writes evaluations.npz there)
+    # EvalCallback records its results only when given a log_path (it also writes evaluations.npz there);
+    # eval_freq <= 0: none, as in rl-zoo3 (its eval_freq is then never reached)
     evaluator = EvalCallback(eval_env, n_eval_episodes=eval_episodes, eval_freq=max(eval_freq // n_envs, 1),
                              deterministic=True, callback_on_new_best=on_new_best, log_path=str(out), verbose=0)
     if resume_from is not None:
         resuming.continue_history(evaluator, on_new_best, model.num_timesteps, n_envs, previous)
     interrupted = False
     try:
-        resuming.learn(model, [evaluator, *extra_callbacks], checkpoint, total, resume_from is not None, progress_bar)
+        callbacks = [evaluator, *extra_callbacks] if eval_freq > 0 else extra_callbacks
+        resuming.learn(model, callbacks, checkpoint, total, resume_from is not None, progress_bar)
     except KeyboardInterrupt:
         interrupted = True  # keep what was learned: save below, then report the interruption
-    finally:
+    except BaseException:
         env.close()
         eval_env.close()
-    stopped = checkpoint is not None and checkpoint.exit_code is not None
-    interrupted = interrupted or stopped
-
-    steps = [int(t) for t in evaluator.evaluations_timesteps]
-    returns = [np.asarray(r, dtype=float) for r in evaluator.evaluations_results]
-    means = [float(r.mean()) for r in returns]
-    stds = [float(r.std()) for r in returns]
-    solved_at = next((t for t, m in zip(steps, means) if target_reward is not None and m >= target_reward), None)
-
-    best_path = on_new_best.path if on_new_best.best_timesteps is not None else None
-    paths = TrainResult(out / "model.zip", best_path, out / "evaluations.csv", out / "learning_curve.png",
-                        out / RUN_INFO_FILE, int(model.num_timesteps), means[-1] if means else None, solved_at, seed)
-    save_atomically(model, paths.model_path)
-    if model.get_vec_normalize_env() is not None:
-        model.get_vec_normalize_env().save(str(out / VEC_NORMALIZE_FILE))
-    with open(paths.evaluations_path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["timesteps", "mean_return", "std_return", "episodes"])
-        writer.writerows((t, f"{m:.4f}", f"{s:.4f}", len(r)) for t, m, s, r in zip(steps, means, stds, returns))
-    plot_learning_curve(steps, means, stds, paths.curve_path, f"{algo} on {env_id}", threshold=target_reward)
-    write_json_atomically(paths.info_path, {
-        **record, "status": "interrupted" if interrupted else "finished", "timesteps": paths.timesteps,
-        "last_mean_return": paths.last_mean_reward, "solved_at": solved_at, "interrupted": interrupted,
-        "best_mean_return": max(means) if means else None, "best_model_timesteps": on_new_best.best_timesteps,
-    })
-    if stopped:
+        raise
+    try:  # a second Ctrl-C (or a SIGTERM) waits until the outputs and the record are whole
+        with deferred_signals():
+            env.close()
+            eval_env.close()
+            paths = outputs.finish_run(model, out, record, evaluator, on_new_best, checkpoint, interrupted,
+                                       target_reward, f"{algo} on {env_id}", seed)
+    except KeyboardInterrupt:
+        interrupted = True
+    if checkpoint is not None and checkpoint.exit_code is not None:
         raise ckpt.StoppedBySignal(checkpoint.signal_received, checkpoint.last_checkpoint)
     if interrupted:
         raise TrainingInterrupted(out)
     return paths
+
+
+def load_model(algo_cls: type, path: Path, device: str = "auto") -> Any:
+    """``algo_cls.load(path)``; a file that is no model zip (damaged, truncated, another format) is a one-line
+    ``UsageError`` naming it."""
+    import pickle
+    import zipfile
+
+    try:
+        return algo_cls.load(path, device=device)
+    except (ValueError, KeyError, EOFError, RuntimeError, zipfile.BadZipFile, pickle.UnpicklingError) as exc:
+        detail = one_line(exc) or type(exc).__name__
+        raise UsageError(f"model file {path} cannot be loaded as a {algo_cls.__name__} model ({detail})") from None
 
 
 def evaluate(model_path: str | Path, env_id: str | None = None, *, episodes: int = 10, algo: str | None = None,
@@ -308,6 +290,7 @@ def evaluate(model_path: str | Path, env_id: str | None = None, *, episodes: int
     from stable_baselines3.common.evaluation import evaluate_policy
 
     path = Path(model_path)
+    path = path / "model.zip" if path.is_dir() else path  # a run folder
     if not path.is_file():
         raise UsageError(f"model file {path} does not exist")
     info_path = path.with_name(RUN_INFO_FILE)
@@ -334,7 +317,7 @@ def evaluate(model_path: str | Path, env_id: str | None = None, *, episodes: int
     env = make_env(env_id, n_envs=1, seed=seed, env_wrapper=wrappers, **options)
     try:
         env = load_vec_normalize(env, path.parent) if info.get("env_options", {}).get("normalize") else env
-        model = algo_cls.load(path, device=device)
+        model = load_model(algo_cls, path, device)
         check_spaces(model, env, path, env_id)
         mean, std = evaluate_policy(model, env, n_eval_episodes=episodes, deterministic=deterministic)
     finally:
