@@ -6,11 +6,19 @@ import signal
 import pytest
 import torch
 from PIL import Image
+from test_diffusion_train import tiny as train_tiny
 
 import diffusion.train as dtrain
 from diffusion import NoiseScheduler, UNet
-from diffusion.checkpoints import (CheckpointError, NonFiniteLossError, checkpoint_path, last_good_checkpoint,
-                                   list_checkpoints, load_checkpoint, write_checkpoint)
+from diffusion.checkpoints import (
+    CheckpointError,
+    NonFiniteLossError,
+    checkpoint_path,
+    last_good_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    write_checkpoint,
+)
 from diffusion.config import TrainConfig
 from diffusion.data import DataError, load_training_data
 from diffusion.export import PipelineFolderError, load_pipeline, save_pipeline
@@ -24,13 +32,9 @@ NAN, INF = float("nan"), float("inf")
 
 
 def tiny(tmp_path, name="run", **overrides) -> TrainConfig:
-    cfg = dict(
-        output_dir=str(tmp_path / name), image_size=8, dim=8, dim_mults=(1, 2), attention_heads=1,
-        attention_head_dim=8, num_train_timesteps=20, batch_size=8, steps=6, checkpoint_every=3, sample_every=0,
-        num_preview=2, preview_steps=2, gif_frames=2, log_every=1, progress=False, tensorboard=False, warmup_steps=2,
-    )
-    cfg.update(overrides)
-    return TrainConfig(**cfg)
+    """test_diffusion_train's tiny run with 20 diffusion steps and two small previews."""
+    small = dict(num_train_timesteps=20, num_preview=2, preview_steps=2, gif_frames=2)
+    return train_tiny(tmp_path, name, **{**small, **overrides})
 
 
 def tiny_unet() -> UNet:
