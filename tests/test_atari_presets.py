@@ -28,3 +28,16 @@ def test_der_is_rainbow_with_the_atari_100k_settings(env_id):
     assert (preset["n_timesteps"], preset["learning_starts"], preset["buffer_size"]) == (100_000, 1600, 100_000)
     assert preset["policy_kwargs"]["net_arch"] == [256] and preset["policy_kwargs"]["noisy_std"] == 0.1
     assert preset["env_kwargs"] == {"max_episode_steps": 108_000}  # frames, below SB3's 4-frame skip
+
+
+def test_an_atari_id_without_opencv_is_a_usage_error_naming_the_extra(monkeypatch):
+    import sys
+    import types
+
+    from rlgen_plugins.cli.envs import check_env_id
+    from rlgen_plugins.cli.errors import UsageError
+
+    monkeypatch.setitem(sys.modules, "ale_py", types.ModuleType("ale_py"))  # ale-py present (or not: CI lacks it)
+    monkeypatch.setitem(sys.modules, "cv2", None)  # OpenCV absent: importing it raises ImportError
+    with pytest.raises(UsageError, match=r"OpenCV.*rlgen\[atari\]"):
+        check_env_id("RoadRunnerNoFrameskip-v4")

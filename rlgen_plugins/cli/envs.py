@@ -39,6 +39,11 @@ def check_env_id(env_id: str) -> None:
             import ale_py  # noqa: F401  (registers the Atari environments)
         except ImportError:
             raise UsageError(f"environment {env_id!r} needs ale-py: pip install 'rlgen[atari]'") from None
+        try:
+            import cv2  # noqa: F401  (SB3's AtariWrapper resizes frames with OpenCV)
+        except ImportError:
+            raise UsageError(f"environment {env_id!r} needs OpenCV for SB3's Atari wrappers: "
+                             f"pip install 'rlgen[atari]'") from None
     if env_id.startswith("MinAtar/"):
         _register_minatar(env_id)
     try:
