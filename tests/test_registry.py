@@ -55,8 +55,8 @@ def test_builtins_are_found_through_their_own_entry_points():
     infos = {info.name: info for info in reg.plugins()}
     assert infos["rlgen-rainbow"].distribution == "rlgen"
     assert infos["rlgen-rainbow"].version
-    assert infos["rlgen-rainbow"].provides["algorithms"] == ["rainbow", "dqn"]  # dqn: SB3's, rl-zoo3's name
-    assert infos["rlgen-rainbow"].provides["presets"] == ["rainbow"]
+    assert infos["rlgen-rainbow"].provides["algorithms"] == ["rainbow", "dqn", "der"]  # dqn: SB3's, rl-zoo3's name; der: data-efficient Rainbow
+    assert infos["rlgen-rainbow"].provides["presets"] == ["rainbow", "der"]
     assert "PrioritizedReplayBuffer" in infos["rlgen-rainbow"].provides["buffers"]
     assert infos["rlgen-diffusion"].provides["models"] == ["unet"]
     assert {"ddpm", "ddim", "dpm-solver++"} <= set(reg.names("schedulers"))
@@ -87,7 +87,7 @@ def test_unknown_name_lists_available_and_closest():
     message = str(info.value)
     assert isinstance(info.value, LookupError)
     assert "did you mean 'rainbow'" in message
-    assert "Available algorithms: dqn, rainbow" in message
+    assert "Available algorithms: der, dqn, rainbow" in message
 
 
 def test_same_name_from_two_plugins_names_both_and_leaves_the_rest_usable(site):
