@@ -35,6 +35,23 @@ except ImportError:  # pragma: no cover - psutil is optional, as in SB3
 _REDRAWS = 32  # rejection rounds in uniform sampling before falling back to the explicit list of valid pairs
 
 
+def check_buffer_size(buffer_size: int, n_envs: int) -> None:
+    """``buffer_size`` and ``n_envs`` are integers >= 1 (SB3 would quietly store 1 row for ``buffer_size=0``)."""
+    for name, value in (("buffer_size", buffer_size), ("n_envs", n_envs)):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r} ({type(value).__name__})")
+
+
+def check_rewards(reward: Any) -> None:
+    """Raise ``ValueError`` (before anything is stored) if a reward passed to ``add`` is NaN or infinite."""
+    reward = np.asarray(reward)
+    if reward.dtype.kind in "fc" and not np.isfinite(reward).all():
+        envs = np.flatnonzero(~np.isfinite(reward.reshape(-1)))
+        raise ValueError(f"reward must be finite, got {reward.reshape(-1)[envs[0]]} for env {int(envs[0])}: add() "
+                         "stored nothing; the environment returned it (stable_baselines3's VecCheckNan wrapper "
+                         "finds the step)")
+
+
 def _check_frame_space(space: spaces.Space, frame_stack: int | None,
                        stack_axis: int | None) -> tuple[tuple[int, ...], int, int]:
     """Validate a frame-stack observation space; return (shape, non-negative stack axis, frames per stack)."""
@@ -213,6 +230,7 @@ class FrameStackReplayBuffer(ReplayBuffer):
         stack_axis: int | None = None,
         frames_per_env: int | None = None,
     ) -> None:
+        check_buffer_size(buffer_size, n_envs)
         if not isinstance(frame_stack_dedup, bool):
             raise ValueError(f"frame_stack_dedup must be True or False, got {frame_stack_dedup!r}")
         if not frame_stack_dedup:
@@ -238,7 +256,9 @@ class FrameStackReplayBuffer(ReplayBuffer):
 
     def add(self, obs: np.ndarray, next_obs: np.ndarray, action: np.ndarray, reward: np.ndarray,
             done: np.ndarray, infos: list[dict[str, Any]]) -> None:
-        """Store one step of every env (SB3 semantics); with frame dedup, bad stacks raise and store nothing."""
+        """Store one step of every env (SB3 semantics); a NaN or infinite reward, and with frame dedup a bad stack,
+        raise ``ValueError`` and store nothing."""
+        check_rewards(reward)
         if self.frames is None:
             super().add(obs, next_obs, action, reward, done, infos)
             return

@@ -18,7 +18,7 @@ from stable_baselines3.common.buffers import DictReplayBuffer
 from stable_baselines3.common.vec_env import VecNormalize
 
 from buffers._jit import njit
-from buffers.frame_store import FrameStackReplayBuffer, FrameStore
+from buffers.frame_store import FrameStackReplayBuffer, FrameStore, check_buffer_size, check_rewards
 from buffers.n_step import NStepTargets, n_step_targets
 from buffers.samples import DictPrioritizedReplayBufferSamples, PrioritizedReplayBufferSamples
 from buffers.sum_tree import SumTree
@@ -40,17 +40,21 @@ def _leaf_values_loop(priorities: np.ndarray, indices: np.ndarray, n_stored: int
 _leaf_values = njit(_leaf_values_loop)
 
 
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
 def _check_hyperparameters(alpha: float, beta: float, epsilon: float, n_steps: int, gamma: float,
                            warn_uniform_after: int | None) -> None:
-    if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha >= 0):
+    if not (_is_real(alpha) and math.isfinite(alpha) and alpha >= 0):
         raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}")
     _check_beta(beta)
-    if not (isinstance(epsilon, (int, float)) and math.isfinite(epsilon) and epsilon > 0):
+    if not (_is_real(epsilon) and math.isfinite(epsilon) and epsilon > 0):
         raise ValueError(f"epsilon must be a finite number > 0, got {epsilon!r}")
     if isinstance(n_steps, bool) or not isinstance(n_steps, (int, np.integer)) or n_steps < 1:
         raise ValueError(f"n_steps must be an integer >= 1, got {n_steps!r}")
-    if not (isinstance(gamma, (int, float)) and 0.0 <= gamma <= 1.0):
-        raise ValueError(f"gamma must be in [0, 1], got {gamma!r}")
+    if not (_is_real(gamma) and 0.0 <= gamma <= 1.0):
+        raise ValueError(f"gamma must be a finite number in [0, 1], got {gamma!r}")
     if warn_uniform_after is not None and (isinstance(warn_uniform_after, bool)
                                            or not isinstance(warn_uniform_after, (int, np.integer))
                                            or warn_uniform_after < 1):
@@ -58,7 +62,7 @@ def _check_hyperparameters(alpha: float, beta: float, epsilon: float, n_steps: i
 
 
 def _check_beta(beta: float) -> float:
-    if not (isinstance(beta, (int, float, np.floating)) and 0.0 < beta <= 1.0):
+    if not (_is_real(beta) and 0.0 < beta <= 1.0):
         raise ValueError(f"beta must be in (0, 1], got {beta!r}")
     return float(beta)
 
@@ -282,6 +286,7 @@ class DictPrioritizedReplayBuffer(_PrioritizedMixin, DictReplayBuffer):
         gamma: float = 0.99,
         warn_uniform_after: int | None = 1000,
     ) -> None:
+        check_buffer_size(buffer_size, n_envs)
         _check_hyperparameters(alpha, beta, epsilon, n_steps, gamma, warn_uniform_after)
         if optimize_memory_usage:
             raise ValueError("optimize_memory_usage must be False for DictPrioritizedReplayBuffer (as SB3's Dict buffer)")
@@ -290,6 +295,13 @@ class DictPrioritizedReplayBuffer(_PrioritizedMixin, DictReplayBuffer):
         super().__init__(buffer_size, observation_space, action_space, device, n_envs,
                          optimize_memory_usage, handle_timeout_termination)
         self._init_priorities(alpha, beta, epsilon, n_steps, gamma, warn_uniform_after)
+
+    def add(self, obs: dict[str, np.ndarray], next_obs: dict[str, np.ndarray], action: np.ndarray,
+            reward: np.ndarray, done: np.ndarray, infos: list[dict[str, Any]]) -> None:
+        """Store one step of every env with the maximum priority; a NaN or infinite reward raises ``ValueError``
+        and stores nothing."""
+        check_rewards(reward)
+        super().add(obs, next_obs, action, reward, done, infos)
 
     def sample(self, batch_size: int, env: VecNormalize | None = None,  # type: ignore[override]
                beta: float | None = None) -> DictPrioritizedReplayBufferSamples:

@@ -27,8 +27,12 @@ DEFAULT_ADAM_KWARGS: dict[str, Any] = {"eps": 1.5e-4, "fused": True}
 
 def check_distribution_args(n_atoms: int, v_min: float, v_max: float) -> None:
     """Raise ``ValueError`` naming the offending argument for an unusable C51 support."""
-    if isinstance(n_atoms, bool) or not isinstance(n_atoms, int) or n_atoms < 1:
+    if isinstance(n_atoms, bool) or not isinstance(n_atoms, (int, np.integer)) or n_atoms < 1:
         raise ValueError(f"n_atoms must be an integer >= 1 (1 = expected-value head), got {n_atoms!r}")
+    for name, value in (("v_min", v_min), ("v_max", v_max)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+                or not np.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
     if n_atoms > 1 and not float(v_min) < float(v_max):
         raise ValueError(f"v_min must be < v_max for a categorical head, got v_min={v_min}, v_max={v_max}")
 

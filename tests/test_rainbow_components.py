@@ -215,7 +215,8 @@ def test_noisy_exploration_is_active_during_learn_although_sb3_uses_eval_mode() 
         original()
 
     model.q_net.reset_noise = spy  # type: ignore[method-assign]
-    model.learn(30)
+    with pytest.warns(UserWarning, match="gradient_steps=0"):
+        model.learn(30)
     assert len(draws) == 30  # fresh noise for every action
     assert not any(draws)  # ... although the policy was in eval mode
     assert model.exploration_rate == 0.0  # noisy nets replace epsilon-greedy
@@ -232,7 +233,8 @@ def test_stochastic_predict_samples_noise() -> None:
 def test_epsilon_greedy_only_without_noisy_layers() -> None:
     model = tiny_model(policy_kwargs=dict(TINY, noisy=False), exploration_fraction=0.5, exploration_initial_eps=1.0,
                        exploration_final_eps=0.1, learning_starts=1000)
-    model.learn(10)
+    with pytest.warns(UserWarning, match="not past learning_starts=1000"):
+        model.learn(10)
     assert model.exploration_rate == pytest.approx(0.1)  # epsilon-greedy ran its schedule
     assert model.exploration_schedule(0.9) == pytest.approx(1.0 - 0.9 * 0.2)
     assert not any(isinstance(m, th.nn.Module) and type(m).__name__ == "NoisyLinear" for m in model.policy.modules())

@@ -42,7 +42,8 @@ def test_train_takes_every_gradient_step_while_fewer_than_batch_size_are_stored(
     """SB3 samples with replacement: learning_starts alone decides when learning begins."""
     model = Rainbow("MlpPolicy", IdentityEnv(3, ep_length=5), learning_starts=1_000, batch_size=32, seed=0,
                     policy_kwargs=TINY_POLICY)
-    model.learn(8)  # 8 transitions stored, no update yet
+    with pytest.warns(UserWarning, match="not past learning_starts=1000"):
+        model.learn(8)  # 8 transitions stored, no update yet
     assert model.replay_buffer.size() == 8 and model._n_updates == 0
     before = [p.detach().clone() for p in model.q_net.parameters()]
     model.train(gradient_steps=3, batch_size=32)

@@ -39,7 +39,7 @@ def test_in_memory_study_samples_only_rainbow_arguments():
     def objective(trial):
         kwargs = zoo.sample_rainbow_params(trial, 2, 1, {})
         assert set(kwargs) <= RAINBOW_NAMES and set(kwargs["policy_kwargs"]) <= POLICY_NAMES
-        Rainbow("MlpPolicy", "CartPole-v1", buffer_size=64, learning_starts=10, **kwargs)  # accepted as sampled
+        Rainbow("MlpPolicy", "CartPole-v1", buffer_size=256, learning_starts=10, **kwargs)  # accepted as sampled
         seen.append(kwargs)
         return 0.0
 

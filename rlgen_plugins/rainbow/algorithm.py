@@ -21,6 +21,7 @@ The per-component math lives in :mod:`rlgen_plugins.rainbow.targets`, the networ
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any, Callable, ClassVar, TypeVar
 
@@ -38,14 +39,15 @@ from rlgen_plugins.rainbow.support import (
     OnlineLogits,
     UnknownNameError,
     UnsupportedSpaceError,
-    check_arguments,
     check_cpu_compiler,
+    check_finite_step,
     clip_grad_norm,
     registry_get,
     registry_names,
     without_arrays,
 )
 from rlgen_plugins.rainbow.targets import rainbow_loss
+from rlgen_plugins.rainbow.validation import check_constructor, check_learn
 
 SelfRainbow = TypeVar("SelfRainbow", bound="Rainbow")
 
@@ -91,6 +93,9 @@ class Rainbow(DQN):
     }
     beta_schedule: Schedule | None
     policy: RainbowPolicy
+    #: Check every gradient step's sampled data, loss and gradient for NaN/inf (:func:`support.check_finite_step`)
+    #: and stop before the optimizer step; off only to measure what the check costs (bench/finite_checks.py).
+    _check_finite: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -124,9 +129,7 @@ class Rainbow(DQN):
         torch_compile: bool = False,
         _init_setup_model: bool = True,
     ) -> None:
-        check_arguments(gamma, n_steps, tau, target_update_interval, batch_size, max_grad_norm, policy_kwargs)
-        if not isinstance(torch_compile, bool):
-            raise ValueError(f"torch_compile must be True or False, got {torch_compile!r}")
+        check_constructor(locals())  # every argument, before SB3 makes the env or allocates anything
         try:
             super().__init__(
                 policy,  # type: ignore[arg-type]
@@ -306,11 +309,23 @@ class Rainbow(DQN):
         """``gradient_steps`` updates, each: sample (with PER's weights at the current beta), fresh noise for the
         online and target networks, the gradients of :meth:`_loss`, clipping, the optimizer step, new priorities.
 
+        Before each optimizer step one fused check (:func:`~rlgen_plugins.rainbow.support.check_finite_step`, one
+        scalar read) raises ``NonFiniteError`` if the sampled observations or rewards, the loss or the gradient
+        norm is NaN or infinite, naming which and the env step: a non-finite value never reaches the weights.
+        A learning-rate schedule that returns a non-finite or negative value raises ``ValueError`` here too.
+
         As in SB3, the buffer is sampled with replacement, so every call takes exactly ``gradient_steps`` steps
         once ``learning_starts`` has let learning begin, however few transitions are stored.
         """
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
+        lr = self.policy.optimizer.param_groups[0]["lr"]
+        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr >= 0):
+            progress = self._current_progress_remaining
+            past = " (below 0: the last rollout ran past total_timesteps; clamp it, e.g. max(progress, 0))"
+            raise ValueError(f"learning_rate: the schedule returned {lr!r} at progress_remaining={progress:.4g}"
+                             f"{past if progress < 0 else ''} (env step {self.num_timesteps}); it must return "
+                             "finite numbers >= 0")
         if self.beta_schedule is not None:
             self.replay_buffer.beta = self.beta_schedule(self._current_progress_remaining)  # type: ignore[union-attr]
         losses = []
@@ -321,7 +336,9 @@ class Rainbow(DQN):
             if self.noisy:  # fresh noise for online and target networks at every gradient step
                 self.policy.reset_noise()
             loss, priorities = self._gradients(data)
-            clip_grad_norm(self._trained_parameters, self.max_grad_norm)
+            grad_norm = clip_grad_norm(self._trained_parameters, self.max_grad_norm)
+            if self._check_finite:  # NaN/inf data, loss or gradient: stop before the step would write it into theta
+                check_finite_step(data, loss, grad_norm, self.num_timesteps)
             self.policy.optimizer.step()
             if self._prioritized:
                 self.replay_buffer.update_priorities(data.indices, priorities)  # type: ignore[union-attr]
@@ -342,6 +359,13 @@ class Rainbow(DQN):
         reset_num_timesteps: bool = True,
         progress_bar: bool = False,
     ) -> SelfRainbow:
+        """DQN's ``learn``, after checking its arguments (a one-line error for a bad one) and warning when
+        ``total_timesteps`` does not pass ``learning_starts`` (no gradient step would be taken).
+
+        Raises :class:`~rlgen_plugins.rainbow.support.NonFiniteError` if a gradient step meets a NaN or infinity
+        (in the sampled observations or rewards, the loss or the gradient), before it changes the weights.
+        """
+        check_learn(self, total_timesteps, log_interval, tb_log_name, reset_num_timesteps, progress_bar)
         return super().learn(
             total_timesteps=total_timesteps,
             callback=callback,

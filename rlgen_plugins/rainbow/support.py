@@ -1,15 +1,15 @@
-"""What Rainbow's update needs around the math: error types, gradient clipping, the online network as a module of
-its parameters (for ``torch.func``), the compiler check and registry look-ups."""
+"""What Rainbow's update needs around the math: error types, gradient clipping, the finiteness check of each
+gradient step, the online network as a module of its parameters (for ``torch.func``), the compiler check and
+registry look-ups."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 import torch as th
 from torch import nn
-
-from policies.rainbow_policy import check_distribution_args
 
 
 class UnknownNameError(KeyError, ValueError):
@@ -21,6 +21,55 @@ class UnknownNameError(KeyError, ValueError):
 
 class UnsupportedSpaceError(ValueError, AssertionError):
     """The environment's action space is not Discrete (an ``AssertionError`` too, as SB3 raises)."""
+
+
+class ArgumentTypeError(TypeError, ValueError):
+    """An argument of the wrong type; a ``ValueError`` too, like the errors SB3 raises for bad arguments."""
+
+
+class NonFiniteError(FloatingPointError):
+    """A gradient step met a NaN or infinity (in the sampled data, the loss or the gradient) and stopped before the
+    optimizer step, so the weights are unchanged; ``what`` names the quantities, ``step`` the env step."""
+
+    def __init__(self, message: str, what: tuple[str, ...] = (), step: int | None = None) -> None:
+        super().__init__(message)
+        self.what, self.step = what, step
+
+
+def _floating(observations: Any) -> list[th.Tensor]:
+    """The floating-point tensors of an observation batch (a tensor or a dict of them); integer ones cannot be NaN."""
+    values = observations.values() if isinstance(observations, dict) else (observations,)
+    return [v for v in values if isinstance(v, th.Tensor) and v.is_floating_point()]
+
+
+def check_finite_step(data: Any, loss: th.Tensor, grad_norm: th.Tensor, step: int) -> None:
+    """Raise :class:`NonFiniteError` unless the sampled observations, rewards, the loss and the gradient norm are
+    all finite.
+
+    One fused check: the sum of them all is finite exactly when each is (a NaN or an infinity in any one makes the
+    sum non-finite; only an overflow of finite values can make it so falsely, and then nothing is raised). One
+    scalar read per step; only on failure is each part looked at to name it.
+    """
+    observations, next_observations = _floating(data.observations), _floating(data.next_observations)
+    total = loss + grad_norm + data.rewards.sum()
+    for tensor in (*observations, *next_observations):
+        total = total + tensor.sum()
+    if math.isfinite(total.item()):
+        return
+    parts = {"observation": observations, "next_observation": next_observations, "reward": [data.rewards],
+             "loss": [loss], "gradient": [grad_norm]}
+    bad = tuple(name for name, tensors in parts.items() if not all(bool(th.isfinite(t).all()) for t in tensors))
+    if not bad:  # finite parts whose sum overflowed
+        return
+    sampled = tuple(name for name in bad if name in ("observation", "next_observation", "reward"))
+    if sampled:  # the data is the source: the loss and gradient are non-finite because of it
+        bad, then = sampled, " (so the loss and gradient are too)" if {"loss", "gradient"} & set(bad) else ""
+        source = "the environment produced it (stable_baselines3's VecCheckNan wrapper finds the step)"
+    else:
+        then = ""
+        source = "the update diverged (lower learning_rate or max_grad_norm, or check v_min/v_max and the reward scale)"
+    raise NonFiniteError(f"non-finite {', '.join(bad)} in the gradient step at env step {step}{then}: training "
+                         f"stopped before the optimizer step, the weights are unchanged; {source}", bad, step)
 
 
 def clip_grad_norm(parameters: list[th.Tensor], max_norm: float) -> th.Tensor:
@@ -85,29 +134,3 @@ def registry_names(kind: str) -> list[str]:
         return list(registry.names(kind))
     except Exception:  # listing is only for the error message
         return []
-
-
-def check_arguments(
-    gamma: float,
-    n_steps: int,
-    tau: float,
-    target_update_interval: int,
-    batch_size: int,
-    max_grad_norm: float,
-    policy_kwargs: dict[str, Any] | None,
-) -> None:
-    """Fail at construction, naming the argument, before any environment or network is built."""
-    if not 0.0 <= float(gamma) <= 1.0:
-        raise ValueError(f"gamma must be in [0, 1], got {gamma}")
-    if isinstance(n_steps, bool) or not isinstance(n_steps, (int, np.integer)) or n_steps < 1:
-        raise ValueError(f"n_steps must be an integer >= 1, got {n_steps!r}")
-    if not 0.0 <= float(tau) <= 1.0:
-        raise ValueError(f"tau must be in [0, 1] (1 = hard target update, 0 = no target update), got {tau}")
-    if target_update_interval < 1:
-        raise ValueError(f"target_update_interval must be >= 1, got {target_update_interval}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if not max_grad_norm > 0:
-        raise ValueError(f"max_grad_norm must be > 0, got {max_grad_norm}")
-    kwargs = policy_kwargs or {}
-    check_distribution_args(kwargs.get("n_atoms", 51), kwargs.get("v_min", -10.0), kwargs.get("v_max", 10.0))

@@ -109,7 +109,9 @@ def categorical_projection(
     b = (tz - v_min) / delta_z  # fractional atom index of T z_j, in [0, N - 1] since T z_j is clipped
     lower = b.floor()
     upper_weight = b - lower  # share of p_j that goes to atom l + 1
-    lower_idx = lower.long()
+    # A NaN return (from a non-finite reward) casts to an arbitrary index: the clamp keeps the scatter in bounds
+    # (a no-op for finite returns, b is in [0, N - 1]) and the NaN weights make the loss NaN, which train() reports.
+    lower_idx = lower.long().clamp(0, n_atoms - 1)
     upper_idx = (lower_idx + 1).clamp(max=n_atoms - 1)  # at b = N - 1 the upper share is 0 anyway
     projected = th.zeros_like(next_probs)
     projected.scatter_add_(1, lower_idx, next_probs * (1.0 - upper_weight))
