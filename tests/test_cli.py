@@ -237,7 +237,7 @@ def test_run_record_is_written_before_training_starts(tmp_path):
 
     rl_run.train("rainbow", "CartPole-v1", timesteps=50, seed=2, output=out_dir, eval_freq=50, eval_episodes=1,
                  progress_bar=False, overrides=presets.normalize_hyperparams(rl_run.parse_overrides(
-                     ["torch_compile=false", "learning_starts=10", "buffer_size=100"])), echo=echo)
+                     ["torch_compile=false", "learning_starts=10", "buffer_size=200"])), echo=echo)
     [at_start] = seen  # echoed once, after the record was written: the start line
     assert (at_start["status"], at_start["env"], at_start["total_timesteps"], at_start["seed"]) == \
         ("running", "CartPole-v1", 50, 2)
