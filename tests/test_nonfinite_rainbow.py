@@ -171,3 +171,26 @@ def test_the_fused_check_names_each_part_and_ignores_an_overflow_of_finite_value
         assert info.value.what == what and info.value.step == 7
         assert str(info.value).startswith(f"non-finite {', '.join(what)} in the gradient step at env step 7:")
     assert issubclass(NonFiniteError, FloatingPointError)
+
+
+def test_rlgen_train_on_a_nan_observation_env_is_one_line_and_the_record_says_failed(tmp_path, capsys) -> None:
+    import json
+
+    from rlgen_plugins.cli import main
+
+    gym.register("rlgen-test/NanObservation-v0", entry_point=lambda: BreakingEnv("observation"))
+    try:
+        status = main(["train", "rainbow", "--env", "rlgen-test/NanObservation-v0", "--timesteps", "100",
+                       "--seed", "0", "--output", str(tmp_path / "run"), "--eval-freq", "0", "--no-progress",
+                       "-p", "learning_starts=20", "-p", "batch_size=16", "-p", "buffer_size=500",
+                       "-p", "policy_kwargs=dict(net_arch=[8], n_atoms=5, v_min=-2.0, v_max=2.0)"])
+    finally:
+        gym.registry.pop("rlgen-test/NanObservation-v0")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 1 and len(err) == 1, err
+    # the first non-finite value sampled is the next observation of the transition that broke (step BREAKS_AT)
+    assert err[0].startswith("rlgen: error: non-finite next_observation") and f"at env step {BREAKS_AT}" in err[0]
+    assert err[0].endswith(f"(the run record {tmp_path / 'run' / 'rlgen.json'} says failed)")
+    record = json.loads((tmp_path / "run" / "rlgen.json").read_text())
+    assert record["status"] == "failed" and record["timesteps"] == BREAKS_AT
+    assert record["error"].startswith("non-finite next_observation")

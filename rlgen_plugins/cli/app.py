@@ -76,6 +76,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("interrupted before training started", file=sys.stderr)
         return 130
+    except rl_run.TrainingFailed as exc:  # e.g. a NaN that Rainbow stopped before it reached the weights
+        print(f"rlgen: error: {exc} (the run record {exc.output / 'rlgen.json'} says failed)", file=sys.stderr)
+        return 1
     mean = "n/a" if result.last_mean_reward is None else f"{result.last_mean_reward:.1f}"
     updates = "" if result.gradient_steps is None else f", {result.gradient_steps} gradient steps"
     print(f"trained {result.timesteps} steps{updates} (seed {result.seed}); last evaluation mean return {mean}")

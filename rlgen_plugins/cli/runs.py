@@ -39,6 +39,14 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.output = output
 
 
+class TrainingFailed(Exception):
+    """Training stopped on non-finite data; the run record in ``output`` says ``"status": "failed"`` and why."""
+
+    def __init__(self, output: Path, cause: BaseException) -> None:
+        super().__init__(one_line(cause))
+        self.output = output
+
+
 def output_folder(path: str | Path, overwrite: bool = False) -> Path:
     """Where a run writes: ``path`` if it is new or empty (or ``overwrite``), else the first free numbered
     sibling ``path_1``, ``path_2``, ... (rl-zoo3 numbers its runs the same way)."""
@@ -248,9 +256,14 @@ def train(algo: str, env_id: str, *, timesteps: int | None = None, seed: int | N
         resuming.learn(model, callbacks, checkpoint, total, resume_from is not None, progress_bar)
     except KeyboardInterrupt:
         interrupted = True  # keep what was learned: save below, then report the interruption
-    except BaseException:
+    except BaseException as exc:
         env.close()
         eval_env.close()
+        if isinstance(exc, Exception):  # the record says the run failed, and why (not "running" forever)
+            write_json_atomically(out / RUN_INFO_FILE, {**record, "status": "failed", "timesteps":
+                                                        int(model.num_timesteps), "error": one_line(exc)})
+        if isinstance(exc, FloatingPointError):  # e.g. Rainbow's NonFiniteError, stopped before the weights
+            raise TrainingFailed(out, exc) from exc
         raise
     try:  # a second Ctrl-C (or a SIGTERM) waits until the outputs and the record are whole
         with deferred_signals():
