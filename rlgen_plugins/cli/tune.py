@@ -94,7 +94,8 @@ def open_study(optuna: Any, url: str, name: str, sampler: Any, pruner: Any, algo
         try:
             storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
         except Exception as exc:  # a bad URL, a server that is down, psycopg2 missing: one line
-            raise UsageError(f"--storage {url}: {type(exc).__name__}: {one_line(exc)}") from None
+            hint = " (PostgreSQL needs pip install psycopg2-binary)" if isinstance(exc, ImportError) else ""
+            raise UsageError(f"--storage {url}: {type(exc).__name__}: {one_line(exc)}{hint}") from None
         study = optuna.create_study(storage=storage, study_name=name, sampler=sampler, pruner=pruner,
                                     direction="maximize", load_if_exists=True)
         owner = study.user_attrs.get("algo"), study.user_attrs.get("env")
@@ -173,7 +174,7 @@ def prepare(algo: str, env_id: str, *, n_timesteps: int | None, overrides: dict[
     runs.check_env_id(env_id)
     space, _ = find_space(algo)
     base, _ = runs.build_hyperparams(algo, env_id, hyperparams_file, overrides)
-    runs.check_hyperparams(algo_cls, algo, {name.split(".")[0]: None for name in space})
+    runs.check_hyperparams(algo_cls, algo, {**base, **{name.split(".")[0]: None for name in space}})
     fixed = leaf_paths(normalize_hyperparams(overrides))
     if hyperparams_file:
         fixed |= leaf_paths(load_preset(algo, env_id, path=hyperparams_file))
@@ -209,6 +210,9 @@ def tune(algo: str, env_id: str, n_trials: int, *, n_timesteps: int | None = Non
         raise UsageError('rlgen tune needs Optuna: pip install -e ".[tune]"') from None
     if n_trials < 1:
         raise UsageError(f"--n-trials must be a positive integer, got {n_trials}")
+    if sampler not in SAMPLERS or isinstance(pruner, str) and pruner not in PRUNERS or n_startup_trials < 0:
+        raise UsageError(f"--sampler must be one of {', '.join(SAMPLERS)} (got {sampler!r}), --pruner one of "
+                         f"{', '.join(PRUNERS)} (got {pruner!r}), --n-startup-trials >= 0 (got {n_startup_trials})")
     out = Path(output or f"tune/{algo}-{env_id.replace('/', '_')}")
     t = prepare(algo, env_id, n_timesteps=n_timesteps, overrides=dict(overrides or {}),
                 hyperparams_file=hyperparams_file, n_evaluations=n_evaluations, eval_episodes=eval_episodes,
@@ -240,7 +244,7 @@ def tune(algo: str, env_id: str, n_trials: int, *, n_timesteps: int | None = Non
         except KeyboardInterrupt:
             trial.set_user_attr("error", "interrupted (KeyboardInterrupt)")
             echo(describe(study.tell(trial, state=optuna.trial.TrialState.FAIL)))
-            write_outputs(study, t.output, algo, env_id)
+            write_outputs(study, t.output, algo, env_id, bool(t.eager))
             raise
         except Exception as exc:  # NaN loss (NonFiniteError), a sample the constructor refuses, ...: FAIL, go on
             trial.set_user_attr("error", f"{type(exc).__name__}: {one_line(exc) or type(exc).__name__}")
@@ -248,7 +252,7 @@ def tune(algo: str, env_id: str, n_trials: int, *, n_timesteps: int | None = Non
         else:
             frozen = study.tell(trial, value)
         echo(f"{describe(frozen)}  ({time.perf_counter() - started:.1f} s)")
-        write_outputs(study, t.output, algo, env_id)
+        write_outputs(study, t.output, algo, env_id, bool(t.eager))
     return study
 
 

@@ -54,7 +54,7 @@ def _write_text(path: Path, text: str) -> None:
     os.replace(temporary, path)
 
 
-def write_outputs(study: Any, output: Path, algo: str, env_id: str) -> Path | None:
+def write_outputs(study: Any, output: Path, algo: str, env_id: str, eager: bool = False) -> Path | None:
     """``trials.csv`` (every trial of the study) and, once a trial completed, ``best_hyperparams.yml``: the best
     trial's hyperparameters as an rlgen preset of the environment (``rlgen train --hyperparams`` reads it)."""
     import yaml
@@ -63,7 +63,8 @@ def write_outputs(study: Any, output: Path, algo: str, env_id: str) -> Path | No
     writer = csv.writer(rows)
     writer.writerow(["number", "state", "value", "params", "error", "seconds", "output"])
     for tr in study.get_trials(deepcopy=False):
-        seconds = (tr.datetime_complete - tr.datetime_start).total_seconds() if tr.datetime_complete else None
+        done = tr.datetime_complete and tr.datetime_start
+        seconds = (tr.datetime_complete - tr.datetime_start).total_seconds() if done else None
         writer.writerow([tr.number, tr.state.name, "" if tr.value is None else f"{tr.value:.4f}",
                          json.dumps(tr.params), tr.user_attrs.get("error", ""),
                          "" if seconds is None else f"{seconds:.1f}", tr.user_attrs.get("output", "")])
@@ -75,6 +76,8 @@ def write_outputs(study: Any, output: Path, algo: str, env_id: str) -> Path | No
     header = (f"# rlgen tune: the best trial ({best.number}, last evaluation mean {best.value:.2f}) of study "
               f"{study.study_name!r}, {algo} on {env_id}.\n# Train it: rlgen train {algo} --env {env_id} "
               f"--hyperparams {output / BEST_YAML}\n")
+    if eager:
+        header += "# The trials ran eager (rlgen tune without --compile); torch_compile is the preset's.\n"
     _write_text(output / BEST_YAML, header + yaml.safe_dump({env_id: best.user_attrs["hyperparams"]},
                                                              sort_keys=False))
     return output / BEST_YAML
@@ -84,7 +87,8 @@ def summary(study: Any, output: Path) -> list[str]:
     """The lines printed at the end: the counts, the best value and parameters, and where everything is."""
     trials = study.get_trials(deepcopy=False)
     counts = {s: sum(tr.state.name == s for tr in trials) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
-    lines = [f"{len(trials)} trials: " + ", ".join(f"{n} {s.lower()}" for s, n in counts.items() if n)]
+    states = ", ".join(f"{n} {s.lower()}" for s, n in counts.items() if n)
+    lines = [f"{len(trials)} trial{'' if len(trials) == 1 else 's'}: {states}"]
     complete = [tr for tr in trials if tr.state.name == "COMPLETE"]
     if complete:
         best = max(complete, key=lambda tr: tr.value)
