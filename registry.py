@@ -38,7 +38,7 @@ import pluggy
 
 from registry_hooks import (BUILTIN_PLUGINS, DISABLE_ENV_VAR, ENTRY_POINT_GROUP, KINDS, PROJECT,  # noqa: F401
                             ComponentImportError, ComponentTypeError, DuplicateComponentError, Kind, PluginInfo,
-                            PluginWarning, PresetSource, Register, RegistryError, RlgenHookSpecs,
+                            PluginWarning, PresetSource, Register, RegistryError, RlgenHookSpecs, SearchSpaceSource,
                             UnknownComponentError, UnknownKindError, _check_type, _Entry, _normalize_kind,
                             _split_import_path, builtins_first, hook_problems, hookimpl, hookspec, import_path)
 
@@ -51,6 +51,7 @@ __all__ = [
     "PluginInfo",
     "PluginWarning",
     "PresetSource",
+    "SearchSpaceSource",
     "Registry",
     "RegistryError",
     "UnknownComponentError",
@@ -66,6 +67,7 @@ __all__ = [
     "presets",
     "register_plugin",
     "reset",
+    "search_spaces",
     "unregister_plugin",
 ]
 
@@ -91,6 +93,7 @@ class Registry:
         self._entries: dict[str, dict[str, _Entry]] = {kind: {} for kind in KINDS}
         self._conflicts: dict[tuple[str, str], list[str]] = {}
         self._presets: list[PresetSource] = []
+        self._search_spaces: list[PresetSource] = []  # register_search_spaces, as register_presets
         self._plugins: dict[str, PluginInfo] = {}
         self._loaded = False
         self._lock = threading.RLock()
@@ -148,6 +151,7 @@ class Registry:
                 for component in [n for n, e in entries.items() if e.plugin == name]:
                     del entries[component]
             self._presets = [p for p in self._presets if p.plugin != name]
+            self._search_spaces = [p for p in self._search_spaces if p.plugin != name]
             for key, owners in list(self._conflicts.items()):
                 if name in owners:
                     owners.remove(name)
@@ -182,35 +186,41 @@ class Registry:
             for impl in caller.get_hookimpls():
                 if impl.plugin_name == info.name:
                     self._call_hook(kind, impl, info)
-        for impl in self.plugin_manager.hook.register_presets.get_hookimpls():
-            if impl.plugin_name == info.name:
-                self._call_presets_hook(impl, info)
+        for hook, what, cls, store in (("register_presets", "presets", PresetSource, self._presets),
+                                       ("register_search_spaces", "search space", SearchSpaceSource,
+                                        self._search_spaces)):
+            for impl in getattr(self.plugin_manager.hook, hook).get_hookimpls():
+                if impl.plugin_name == info.name:
+                    self._call_sources_hook(impl, info, hook, what, cls, store)
 
-    def _call_presets_hook(self, impl: pluggy.HookImpl, info: PluginInfo) -> None:
-        """Run one plugin's ``register_presets``; commit its presets only if the hook completes."""
+    def _call_sources_hook(self, impl: pluggy.HookImpl, info: PluginInfo, hook: str, what: str,
+                           cls: type[PresetSource], store: list[PresetSource]) -> None:
+        """Run one plugin's ``register_presets`` or ``register_search_spaces`` (``what``: "presets", "search space");
+        commit its files / mappings (as ``cls``) into ``store`` only if the hook completes."""
         staged: list[PresetSource] = []
 
         def register(algo: str, source: Any) -> None:
             if not isinstance(algo, str) or not algo.strip():
-                raise ValueError(f"a preset's algorithm name must be a non-empty string, got {algo!r}")
+                raise ValueError(f"a {what}'s algorithm name must be a non-empty string, got {algo!r}")
             if isinstance(source, (str, os.PathLike)):
                 source = Path(source)
                 if not source.is_file():
-                    raise FileNotFoundError(f"preset file {source} for {algo!r} does not exist")
+                    raise FileNotFoundError(f"{what} file {source} for {algo!r} does not exist")
             elif not isinstance(source, Mapping):
-                raise TypeError(f"presets for {algo!r} must be a YAML file path or a mapping, got {source!r}")
+                raise TypeError(f"{what} for {algo!r} must be a YAML file path or a mapping, got {source!r}")
             if any(p.algo == algo for p in staged):
-                raise ValueError(f"presets for {algo!r} were registered twice by plugin {info.name!r}")
-            staged.append(PresetSource(algo, source, info.name))
+                raise ValueError(f"{what} for {algo!r} were registered twice by plugin {info.name!r}")
+            staged.append(cls(algo, source, info.name))
 
         try:
             impl.function(**({"register": register} if "register" in impl.argnames else {}))
         except Exception as exc:
-            self._fail(info, "raised in its register_presets hook", exc)
+            self._fail(info, f"raised in its {hook} hook", exc)
             return
-        self._presets.extend(staged)
+        store.extend(staged)
         if staged:
-            info.provides.setdefault("presets", []).extend(p.algo for p in staged)
+            info.provides.setdefault("presets" if what == "presets" else "search spaces", []).extend(
+                p.algo for p in staged)
 
     def _call_hook(self, kind: Kind, impl: pluggy.HookImpl, info: PluginInfo) -> None:
         """Run one plugin's hook; commit its registrations only if the hook completes."""
@@ -306,9 +316,16 @@ class Registry:
 
     def presets(self, algo: str) -> list[PresetSource]:
         """Every plugin's presets for ``algo``: the built-in plugins' first, then the others by plugin name."""
+        return self._by_algo(self._presets, algo)
+
+    def search_spaces(self, algo: str | None = None) -> list[PresetSource]:
+        """Every plugin's search spaces for ``algo`` (``None``: for every algorithm), in :meth:`presets`' order."""
+        return self._by_algo(self._search_spaces, algo)
+
+    def _by_algo(self, store: list[PresetSource], algo: str | None) -> list[PresetSource]:
         with self._lock:
             self.load()
-            found = [p for p in self._presets if p.algo == algo]
+            found = [p for p in store if algo is None or p.algo == algo]
         return sorted(found, key=lambda p: builtins_first(p.plugin))
 
     def owner(self, kind: str, name: str) -> str:
@@ -356,6 +373,11 @@ def plugins() -> list[PluginInfo]:
 def presets(algo: str) -> list[PresetSource]:
     """The plugins' preset sources for ``algo``, built-ins first."""
     return default_registry().presets(algo)
+
+
+def search_spaces(algo: str | None = None) -> list[PresetSource]:
+    """The plugins' search-space sources (``rlgen tune``) for ``algo``, or for every algorithm, built-ins first."""
+    return default_registry().search_spaces(algo)
 
 
 def register_plugin(plugin: Any, name: str | None = None) -> PluginInfo:

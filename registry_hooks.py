@@ -60,6 +60,12 @@ class RlgenHookSpecs:
         environment id -> hyperparameters) or such a mapping. ``rlgen train`` reads the built-ins' first."""
 
     @hookspec
+    def register_search_spaces(self, register: Register) -> None:
+        """Register ``rlgen tune``'s hyperparameter search spaces: ``register(algo, source)`` with ``source`` a YAML
+        file (parameter name, dotted for nested keys -> ``{type: float|int|categorical, ...}``; docs/tune.md) or such
+        a mapping. Specified and implemented as :meth:`register_presets` is; the built-ins' are read first."""
+
+    @hookspec
     def register_commands(self, subparsers: Any) -> None:
         """Add ``rlgen`` subcommands: ``subparsers`` is argparse's, so call ``subparsers.add_parser(name, ...)`` and
         ``set_defaults(func=handler)``; ``handler(args)`` returns the exit status. Import nothing heavy here.
@@ -143,6 +149,11 @@ class PresetSource:
     def describe(self) -> str:
         where = str(self.source) if isinstance(self.source, Path) else "a mapping"
         return f"plugin {self.plugin!r} ({where})"
+
+
+@dataclass(frozen=True)
+class SearchSpaceSource(PresetSource):
+    """One plugin's ``rlgen tune`` search space for one algorithm: a YAML file or the mapping it would hold."""
 
 
 @dataclass

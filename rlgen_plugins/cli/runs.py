@@ -141,7 +141,7 @@ def train(algo: str, env_id: str, *, timesteps: int | None = None, seed: int | N
           target_reward: float | None = None, progress_bar: bool = True, verbose: int = 0,
           device: str = "auto", threads: int = 1, overwrite: bool = False, vec_env: str = "dummy",
           save_freq: int | None = None, keep_checkpoints: int | None = 2, resume: str | Path | None = None,
-          echo: Callable[[str], None] = print) -> TrainResult:
+          echo: Callable[[str], None] = print, after_evaluation: Any = None) -> TrainResult:
     """Train ``algo`` on ``env_id`` with periodic deterministic evaluation; save model, log and curve.
 
     ``output`` that already holds files becomes its first free numbered sibling (``runs/x_1``) unless ``overwrite``.
@@ -152,6 +152,8 @@ def train(algo: str, env_id: str, *, timesteps: int | None = None, seed: int | N
     ``save_freq`` writes a checkpoint into ``OUTPUT/checkpoints`` every that many env steps (the newest
     ``keep_checkpoints`` kept), and SIGINT / SIGTERM then write one and raise ``StoppedBySignal``. ``resume``
     (``"latest"`` or a checkpoint folder) continues that run, in its own folder, to its planned length.
+    ``after_evaluation``: an SB3 callback run after each evaluation (``EvalCallback``'s ``callback_after_eval``;
+    returning False stops training), e.g. ``rlgen tune``'s report to its Optuna trial.
     """
     from stable_baselines3.common.callbacks import EvalCallback
 
@@ -247,7 +249,8 @@ def train(algo: str, env_id: str, *, timesteps: int | None = None, seed: int | N
     # EvalCallback records its results only when given a log_path (it also writes evaluations.npz there);
     # eval_freq <= 0: none, as in rl-zoo3 (its eval_freq is then never reached)
     evaluator = EvalCallback(eval_env, n_eval_episodes=eval_episodes, eval_freq=max(eval_freq // n_envs, 1),
-                             deterministic=True, callback_on_new_best=on_new_best, log_path=str(out), verbose=0)
+                             deterministic=True, callback_on_new_best=on_new_best, log_path=str(out), verbose=0,
+                             callback_after_eval=after_evaluation)
     if resume_from is not None:
         resuming.continue_history(evaluator, on_new_best, model.num_timesteps, n_envs, previous)
     interrupted = False

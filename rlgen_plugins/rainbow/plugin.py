@@ -34,3 +34,10 @@ def register_buffers(register: Register) -> None:
 def register_presets(register: Register) -> None:
     register("rainbow", HYPERPARAMS / "rainbow.yml")
     register("der", HYPERPARAMS / "der.yml")
+
+
+@hookimpl
+def register_search_spaces(register: Register) -> None:
+    register("rainbow", HYPERPARAMS / "rainbow_search.yml")
+    register("der", HYPERPARAMS / "rainbow_search.yml")  # the same algorithm class: the same knobs
+    register("dqn", HYPERPARAMS / "dqn_search.yml")

@@ -27,6 +27,12 @@ def register_presets(register):
 
 
 @hookimpl
+def register_search_spaces(register):
+    # rlgen tune's format (docs/tune.md): parameter -> distribution; dotted names reach into policy_kwargs.
+    register("plain-dqn", Path(__file__).parent / "hyperparams" / "plain-dqn_search.yml")
+
+
+@hookimpl
 def register_commands(subparsers):
     # argparse's subparsers, as for rlgen's own commands; the handler returns the exit status.
     parser = subparsers.add_parser("plain-dqn-settings", help="what plain-dqn switches off in Rainbow")
