@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 import registry
 from rlgen_plugins.cli.errors import UsageError, one_line
 from rlgen_plugins.cli.plugin_commands import add_plugin_commands
+from rlgen_plugins.cli.report import add_report_parser
 
 DESCRIPTION = """\
 rlgen: Rainbow DQN for Stable-Baselines3 and a hand-written DDPM for diffusers, extended by plugins.
@@ -187,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="auto", help="torch device (default auto)")
     evaluate.set_defaults(func=cmd_evaluate)
 
+    add_report_parser(sub)
     add_plugin_commands(sub)
     return parser
 
