@@ -15,9 +15,9 @@ import pytest
 pytest.importorskip("rliable")
 pytest.importorskip("matplotlib")
 
-from rlgen_plugins.cli import main  # noqa: E402
-from rlgen_plugins.cli.reference_scores import ATARI_100K, atari_game, normalisation_for  # noqa: E402
-from rlgen_plugins.cli.report_write import fmt  # noqa: E402
+from rlgen_plugins.cli import main
+from rlgen_plugins.cli.reference_scores import ATARI_100K, atari_game, normalisation_for
+from rlgen_plugins.cli.report_write import fmt
 
 REPS, SEED = 300, 7
 PONG, BREAKOUT = "PongNoFrameskip-v4", "ALE/Breakout-v5"
@@ -197,7 +197,8 @@ def test_one_seed_is_reported_with_intervals_marked_na(tmp_path, capsys):
     assert report(capsys, str(tmp_path / "runs"), "--output", str(tmp_path / "r"))[0] == 0
     data = json.loads((tmp_path / "r" / "report.json").read_text())
     cell = data["envs"][PONG]["configs"]["dqn"]
-    assert cell["raw"]["mean"] == -3.05 and cell["raw"]["ci"] is None and cell["normalised"]["mean"] == pytest.approx(0.5)
+    assert cell["raw"]["mean"] == -3.05 and cell["raw"]["ci"] is None
+    assert cell["normalised"]["mean"] == pytest.approx(0.5)  # half way from random (-20.7) to human (14.6)
     assert data["aggregate"]["configs"]["dqn"]["metrics"]["IQM"]["ci"] is None
     assert "n/a: fewer than 2 seeds" in (tmp_path / "r" / "report.md").read_text()
 
@@ -243,12 +244,16 @@ def test_a_running_run_is_read_from_its_npz(tmp_path, capsys):
     assert report(capsys, str(tmp_path / "runs"), "--output", str(tmp_path / "r"))[0] == 0
     cell = json.loads((tmp_path / "r" / "report.json").read_text())["envs"][PONG]["configs"]["dqn"]
     assert cell["scores"] == [2.0] and cell["status"] == ["running"]
+    assert "Not all runs finished: dqn (running)" in (tmp_path / "r" / "report.md").read_text()
+    # the same run reached through two of the DIRs given counts once
+    assert report(capsys, str(tmp_path / "runs"), str(folder), "--output", str(tmp_path / "r"))[0] == 0
+    assert json.loads((tmp_path / "r" / "report.json").read_text())["envs"][PONG]["configs"]["dqn"]["n"] == 1
 
 
 def test_bad_input_is_one_line(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     code, _, err = report(capsys, str(tmp_path / "empty"), "--output", str(tmp_path / "r"))
-    assert code == 2 and err.count("\n") == 1 and f"no run folders (folders holding rlgen.json) under" in err
+    assert code == 2 and err.count("\n") == 1 and "no run folders (folders holding rlgen.json) under" in err
     code, _, err = report(capsys, str(tmp_path / "nope"), "--output", str(tmp_path / "r"))
     assert code == 2 and f"folder {tmp_path / 'nope'} does not exist" in err
     code, _, err = report(capsys, str(tmp_path), "--output", str(tmp_path / "r"), "--score", "worst")

@@ -26,8 +26,13 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise UsageError(f"rlgen report needs rliable and matplotlib ({exc.name} is missing): "
                          f'pip install -e ".[report]"') from None
     from rlgen_plugins.cli import report_plots, report_stats, report_write
-    from rlgen_plugins.cli.report_runs import assign_labels, find_runs, parse_labels, score_rule
     from rlgen_plugins.cli.reference_scores import load_score_file
+    from rlgen_plugins.cli.report_runs import (
+        assign_labels,
+        find_runs,
+        parse_labels,
+        score_rule,
+    )
 
     if args.reps < 1:
         raise UsageError(f"--reps must be a positive integer, got {args.reps}")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import csv
 import json
 import re
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -34,7 +35,6 @@ class Run:
     random_return: float | None = None
     label: str = ""
     score: float = float("nan")
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def read_evaluations(folder: Path, status: str) -> tuple[np.ndarray, np.ndarray] | None:
@@ -70,6 +70,7 @@ def find_runs(dirs: Sequence[str], skip_incomplete: bool, warn: Callable[[str], 
     """Every readable run under ``dirs``; a damaged one is warned about and skipped; one without evaluations is a
     ``UsageError`` (``skip_incomplete``: warned about and skipped)."""
     runs: list[Run] = []
+    seen: set[Path] = set()  # a run under two of the DIRs given (runs and runs/dqn) counts once
     for given in dirs:
         root = Path(given)
         if not root.is_dir():
@@ -79,6 +80,9 @@ def find_runs(dirs: Sequence[str], skip_incomplete: bool, warn: Callable[[str], 
             raise UsageError(f"no run folders (folders holding {RUN_INFO_FILE}) under {given}")
         for record_path in records:
             folder = record_path.parent
+            if folder.resolve() in seen:
+                continue
+            seen.add(folder.resolve())
             try:
                 record = read_run_record(folder)
                 if not isinstance(record.get("algo"), str) or not isinstance(record.get("env"), str):

@@ -1,8 +1,9 @@
 """``report.md`` (Markdown tables) and ``report.json`` (the same numbers, machine-readable) of ``rlgen report``."""
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from rlgen_plugins.cli.files import write_json_atomically, write_text_atomically
 
@@ -35,17 +36,17 @@ def markdown(report: Mapping[str, Any]) -> str:
     """report.md's text."""
     s = report["settings"]
     lines = ["# rlgen report", "",
-             f"{len(report['runs'])} runs from {', '.join(s['dirs'])}; {len(report['envs'])} environments; "
-             f"configurations: {', '.join(report['configs'])}.", "",
+             (f"{len(report['runs'])} runs from {', '.join(s['dirs'])}; {len(report['envs'])} environments; "
+              f"configurations: {', '.join(report['configs'])}."), "",
              f"- Score of a run: {score_text(s['score'])} (`--score {s['score']}`).",
              f"- Intervals: {int(s['confidence'] * 100)}% {s['bootstrap']}; {s['reps']} resamples, seed {s['seed']}.",
-             "- Learning curves: mean over seeds on the steps every seed reached (the shortest run's evaluation "
-             "steps, other seeds linearly interpolated there), with a 95% percentile-bootstrap band.", ""]
+             ("- Learning curves: mean over seeds on the steps every seed reached (the shortest run's evaluation "
+              "steps, other seeds linearly interpolated there), with a 95% percentile-bootstrap band."), ""]
     for name, env in report["envs"].items():
         norm, budget = env["normalisation"], env["budget"]
         steps = f"{budget['min']}" if budget["min"] == budget["max"] else f"{budget['min']} to {budget['max']}"
-        lines += [f"## {name}", "", f"Budget: {steps} environment steps per run. Normalisation ({norm['kind']}): "
-                  f"{norm['source']}.", ""]
+        lines += [f"## {name}", "", (f"Budget: {steps} environment steps per run. Normalisation ({norm['kind']}): "
+                                     f"{norm['source']}."), ""]
         rows = []
         for label, c in env["configs"].items():
             rows.append([label, str(c["n"]), ", ".join(str(x) for x in c["seeds"]), fmt(c["raw"]["mean"]),
@@ -53,6 +54,11 @@ def markdown(report: Mapping[str, Any]) -> str:
                          interval(c["normalised"], c["ci_note"])])
         lines += _table(["configuration", "n seeds", "seeds", "final score (mean)", "95% CI",
                          "normalised (mean)", "95% CI"], rows) + [""]
+        unfinished = [f"{label} ({', '.join(c['status'])})" for label, c in env["configs"].items()
+                      if c["status"] != ["finished"]]
+        if unfinished:
+            lines += [(f"Not all runs finished: {'; '.join(unfinished)}; their scores are those of their last "
+                       f"evaluation so far."), ""]
     lines += aggregate_lines(report["aggregate"])
     if report.get("warnings"):
         lines += ["## Warnings", ""] + [f"- {w}" for w in report["warnings"]] + [""]
@@ -66,9 +72,13 @@ def aggregate_lines(agg: Mapping[str, Any]) -> list[str]:
         lines += [f"Not computed: {agg['reason']}.", ""]
         lines += [f"- {label} left out: {why}" for label, why in agg.get("excluded", {}).items()]
         return lines + [""]
-    lines += [f"Over {', '.join(agg['envs'])}, on {agg['normalisation']}-normalised scores; stratified bootstrap "
-              f"(Agarwal et al. 2021). IQM: the mean of the middle 50% of all runs' scores; optimality gap: how far "
-              f"the scores fall short of 1 (lower is better).", ""]
+    scale = "raw scores" if agg["normalisation"] == "raw" else f"{agg['normalisation']}-normalised scores"
+    lines += [(f"Over {', '.join(agg['envs'])}, on {scale}; stratified bootstrap (Agarwal et al. 2021). IQM: the "
+               f"mean of the middle 50% of all runs' scores; optimality gap: how far the scores fall short of 1 "
+               f"(lower is better)."), ""]
+    if agg["normalisation"] == "raw":
+        lines += [("The scores are raw (one environment, no reference scores): the optimality gap's threshold, 1, "
+                   "means nothing for them; --random-scores / --reference-scores normalise them."), ""]
     from rlgen_plugins.cli.report_stats import METRICS
 
     header = ["configuration", "runs per env"] + [h for m in METRICS for h in (m, f"{m} 95% CI")]
