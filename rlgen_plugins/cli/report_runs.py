@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,18 +53,25 @@ def read_evaluations(folder: Path, status: str) -> tuple[np.ndarray, np.ndarray]
         except (OSError, ValueError, IndexError, UnicodeDecodeError) as exc:
             raise ValueError(f"{path} is damaged ({one_line(exc)})") from None
         if len(values):
-            return values[:, 0], values[:, 1]
+            return _finite(path, values[:, 0], values[:, 1])
     path = folder / "evaluations.npz"
     if path.is_file():
         try:
             with np.load(path) as data:
                 steps = np.asarray(data["timesteps"], dtype=float).reshape(-1)
                 results = np.asarray(data["results"], dtype=float).reshape(len(steps), -1)
-        except (OSError, ValueError, KeyError, EOFError) as exc:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
             raise ValueError(f"{path} is damaged ({one_line(exc)})") from None
         if len(steps):
-            return steps, results.mean(axis=1)
+            return _finite(path, steps, results.mean(axis=1))
     return None
+
+
+def _finite(path: Path, steps: np.ndarray, means: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(steps, means)``, or a ``ValueError`` naming ``path`` where one is not finite (a diverged run's NaN)."""
+    if not (np.isfinite(steps).all() and np.isfinite(means).all()):
+        raise ValueError(f"{path} holds a non-finite step or mean return")
+    return steps, means
 
 
 def find_runs(dirs: Sequence[str], skip_incomplete: bool, warn: Callable[[str], None]) -> list[Run]:
@@ -89,7 +97,8 @@ def find_runs(dirs: Sequence[str], skip_incomplete: bool, warn: Callable[[str], 
                     raise UsageError(f"run record {record_path} names no algo and env")
                 status = str(record.get("status", "finished"))
                 curve = read_evaluations(folder, status)
-            except (UsageError, ValueError) as exc:
+                timesteps = int(record.get("timesteps") or (curve[0].max() if curve else 0))
+            except (UsageError, ValueError, TypeError) as exc:
                 warn(f"warning: skipping {folder}: {one_line(exc)}")
                 continue
             if curve is None:
@@ -104,7 +113,7 @@ def find_runs(dirs: Sequence[str], skip_incomplete: bool, warn: Callable[[str], 
             seed = record.get("seed")
             random_return = record.get("random_return")
             runs.append(Run(folder, root, record["algo"], record["env"], seed if isinstance(seed, int) else None,
-                            status, int(record.get("timesteps") or steps.max()), record.get("hyperparams") or {},
+                            status, timesteps, record.get("hyperparams") or {},
                             steps[order], means[order],
                             float(random_return) if isinstance(random_return, (int, float)) else None))
     if not runs:
