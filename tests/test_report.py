@@ -308,3 +308,27 @@ def test_report_of_two_real_training_runs(tmp_path, capsys):
     cell = data["envs"]["CartPole-v1"]["configs"]["dqn"]
     assert cell["n"] == 2 and cell["curve"]["timesteps"] == [100, 200]
     assert data["envs"]["CartPole-v1"]["normalisation"]["kind"] == "raw" and data["aggregate"]["computed"]
+
+
+def test_minatar_envs_are_normalised_by_the_best_run_and_aggregated(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    for env, finals in (("MinAtar/Breakout-v1", [2.0, 4.0]), ("MinAtar/Freeway-v1", [10.0, 40.0])):
+        for seed, final in enumerate(finals):
+            write_run(runs / env.replace("/", "_") / str(seed), "rainbow", env, seed, [0.0, final])
+    assert report(capsys, str(runs), "--output", str(tmp_path / "r"))[0] == 0
+    data = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert data["envs"]["MinAtar/Freeway-v1"]["normalisation"]["high"] == 40.0
+    assert data["envs"]["MinAtar/Freeway-v1"]["configs"]["rainbow"]["normalised_scores"] == [0.25, 1.0]
+    assert data["aggregate"]["computed"] and data["aggregate"]["normalisation"] == "minatar-max"
+
+
+def test_seeds_evaluated_at_other_steps_are_interpolated_onto_the_shortest_run():
+    from rlgen_plugins.cli.report_stats import common_grid
+
+    class Curve:
+        def __init__(self, steps, means):
+            self.steps, self.means = np.array(steps, dtype=float), np.array(means, dtype=float)
+
+    steps, values = common_grid([Curve([100, 200, 300, 400], [0, 1, 2, 3]), Curve([150, 250, 350], [5, 6, 7])])
+    assert steps.tolist() == [150, 250, 350]  # the run that stopped first, from the latest first evaluation on
+    assert values.tolist() == [[0.5, 1.5, 2.5], [5, 6, 7]]
