@@ -268,15 +268,20 @@ def test_a_broken_run_is_skipped_with_a_warning_and_one_without_evaluations_stop
     (broken / "rlgen.json").write_text("{not json")
     damaged_csv = runs / "rainbow" / "PongNoFrameskip-v4" / "seed_2"
     (damaged_csv / "evaluations.csv").write_text("timesteps,mean_return,std_return,episodes\n100,abc,0,2\n")
+    failed = write_run(runs / "rainbow" / "ALE_Breakout-v5" / "seed_3", "rainbow", BREAKOUT, 3, [1.0],
+                       status="failed")
+    record = json.loads((failed / "rlgen.json").read_text())
+    (failed / "rlgen.json").write_text(json.dumps({**record, "timesteps": 40, "error": "non-finite reward"}))
     diverged = runs / "dqn" / "ALE_Breakout-v5" / "seed_2"
     (diverged / "evaluations.csv").write_text("timesteps,mean_return,std_return,episodes\n100,nan,0,2\n")
     code, _, err = report(capsys, str(runs), "--output", str(tmp_path / "r"))
     assert code == 0
     assert f"warning: skipping {diverged}: {diverged / 'evaluations.csv'} holds a non-finite" in err
+    assert f"warning: skipping {failed}: the run failed at step 40 (non-finite reward)" in err
     assert f"warning: skipping {broken}: run record {broken / 'rlgen.json'} is not valid JSON" in err
     assert f"warning: skipping {damaged_csv}: {damaged_csv / 'evaluations.csv'} is damaged" in err
     data = json.loads((tmp_path / "r" / "report.json").read_text())
-    assert data["envs"][PONG]["configs"]["dqn"]["n"] == 2 and len(data["warnings"]) == 3
+    assert data["envs"][PONG]["configs"]["dqn"]["n"] == 2 and len(data["warnings"]) == 4
     assert data["aggregate"]["configs"]["dqn"]["runs_per_env"] == 2
     idle = tmp_path / "runs" / "idle"
     idle.mkdir()

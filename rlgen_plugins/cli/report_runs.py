@@ -75,8 +75,8 @@ def _finite(path: Path, steps: np.ndarray, means: np.ndarray) -> tuple[np.ndarra
 
 
 def find_runs(dirs: Sequence[str], skip_incomplete: bool, warn: Callable[[str], None]) -> list[Run]:
-    """Every readable run under ``dirs``; a damaged one is warned about and skipped; one without evaluations is a
-    ``UsageError`` (``skip_incomplete``: warned about and skipped)."""
+    """Every readable run under ``dirs``; a damaged or failed one (``"status": "failed"``) is warned about and
+    skipped; one without evaluations is a ``UsageError`` (``skip_incomplete``: warned about and skipped)."""
     runs: list[Run] = []
     seen: set[Path] = set()  # a run under two of the DIRs given (runs and runs/dqn) counts once
     for given in dirs:
@@ -96,6 +96,9 @@ def find_runs(dirs: Sequence[str], skip_incomplete: bool, warn: Callable[[str], 
                 if not isinstance(record.get("algo"), str) or not isinstance(record.get("env"), str):
                     raise UsageError(f"run record {record_path} names no algo and env")
                 status = str(record.get("status", "finished"))
+                if status == "failed":  # stopped by an error (a NaN caught, a crash): it has no final performance
+                    raise UsageError(f"the run failed at step {record.get('timesteps', '?')} "
+                                     f"({record.get('error') or 'no error recorded'})")
                 curve = read_evaluations(folder, status)
                 timesteps = int(record.get("timesteps") or (curve[0].max() if curve else 0))
             except (UsageError, ValueError, TypeError) as exc:
