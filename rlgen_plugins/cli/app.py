@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 import registry
 from rlgen_plugins.cli.errors import UsageError, one_line
 from rlgen_plugins.cli.plugin_commands import add_plugin_commands
+from rlgen_plugins.cli.report import add_report_parser
 from rlgen_plugins.cli.tune import add_tune_parser
 
 DESCRIPTION = """\
@@ -189,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=cmd_evaluate)
 
     add_tune_parser(sub)  # rlgen tune: Optuna studies (rlgen_plugins/cli/tune.py)
+    add_report_parser(sub)  # rlgen report: curves and rliable aggregates (rlgen_plugins/cli/report.py)
     add_plugin_commands(sub)
     return parser
 
