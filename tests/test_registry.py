@@ -56,7 +56,7 @@ def test_builtins_are_found_through_their_own_entry_points():
     assert infos["rlgen-rainbow"].distribution == "rlgen"
     assert infos["rlgen-rainbow"].version
     assert infos["rlgen-rainbow"].provides["algorithms"] == ["rainbow", "dqn", "der"]  # dqn: SB3's, rl-zoo3's name; der: data-efficient Rainbow
-    assert infos["rlgen-rainbow"].provides["presets"] == ["rainbow", "der"]
+    assert infos["rlgen-rainbow"].provides["presets"] == ["rainbow", "der", "dqn"]  # dqn: MinAtar only
     assert "PrioritizedReplayBuffer" in infos["rlgen-rainbow"].provides["buffers"]
     assert infos["rlgen-diffusion"].provides["models"] == ["unet"]
     assert {"ddpm", "ddim", "dpm-solver++"} <= set(reg.names("schedulers"))

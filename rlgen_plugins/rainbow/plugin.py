@@ -34,6 +34,7 @@ def register_buffers(register: Register) -> None:
 def register_presets(register: Register) -> None:
     register("rainbow", HYPERPARAMS / "rainbow.yml")
     register("der", HYPERPARAMS / "der.yml")
+    register("dqn", HYPERPARAMS / "dqn.yml")  # MinAtar only: the MinAtar paper's DQN, Rainbow's peer in the bench
 
 
 @hookimpl
