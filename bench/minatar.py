@@ -1,22 +1,28 @@
-"""Rainbow on a MinAtar game with the shipped preset, for as many steps as the machine allows.
+"""The MinAtar benchmark: Rainbow's MinAtar preset against SB3's DQN with the MinAtar paper's settings (the same
+CNN), on all five games and several seeds, run as two ``rlgen train`` grids and reported by ``rlgen report``.
 
-Prints JSON lines:
-  {"bench": "minatar_eval", "game": ..., "steps": n, "mean_return": r, ...}  (every --eval-freq steps)
-  {"bench": "minatar_summary", "game": ..., "steps": n, "wall_s": t, "steps_per_s": x,
-   "final_mean_return": r, "random_policy_return": r0, "published_dqn_5M_frames": ...}
+Steps, each resumable (rerun the same command and it goes on where it stopped):
 
-The peer in the same run is a uniformly random policy on the same evaluation seeds; the published DQN figures
-(Young & Tian 2019, 5M frames, read off a figure) are printed for context only, they need ~100x more steps.
+1. a uniformly random policy's return per game, on the evaluation seeds ``rlgen train`` uses (``random_scores.json``);
+2. ``rlgen train rainbow --env MinAtar/<game>-v1 ... --seeds S --timesteps T --output RUNS`` and the same for ``dqn``
+   (the grid skips finished runs and resumes checkpointed ones). DQN's epsilon decays over the first tenth of the
+   run (the paper: 100k of 5M frames), so at a small budget it is not still exploring at the end;
+3. ``rlgen report RUNS --output REPORT`` with the random scores as 0 and the published DQN figures after 5M frames
+   (Young & Tian 2019, read off their figure: approximate) as 1 (``reference_scores.json``).
 
-    python bench/minatar.py --game Breakout --steps 30000
+Prints JSON lines: ``{"bench": "minatar_random", ...}`` per game, then ``{"bench": "minatar_summary", ...}`` with
+both algorithms' IQM and 95% interval of the normalised score, the games Rainbow leads on, and the goal's verdict
+(Rainbow's IQM above DQN's with non-overlapping intervals, and ahead on at least 4 of 5 games).
+
+    python bench/minatar.py --timesteps 30000 --seeds 0-2 --jobs 2
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,96 +32,110 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
-import numpy as np  # noqa: E402
-import torch as th  # noqa: E402
-from stable_baselines3.common.callbacks import BaseCallback  # noqa: E402
-from stable_baselines3.common.env_util import make_vec_env  # noqa: E402
-from stable_baselines3.common.evaluation import evaluate_policy  # noqa: E402
-
-from rlgen_plugins.cli.presets import load_preset  # noqa: E402
-from rlgen_plugins.rainbow.algorithm import Rainbow  # noqa: E402
-
-PUBLISHED_DQN = {"Breakout": 10, "SpaceInvaders": 43, "Asterix": 17, "Freeway": 50, "Seaquest": 20}
+GAMES = ("Asterix", "Breakout", "Freeway", "Seaquest", "SpaceInvaders")
+#: DQN after 5M frames, Young & Tian (2019), read off their learning-curve figure (approximate).
+PUBLISHED_DQN_5M = {"Asterix": 17.0, "Breakout": 10.0, "Freeway": 50.0, "Seaquest": 20.0, "SpaceInvaders": 43.0}
+EVAL_SEED_OFFSET = 10_000  # rlgen train evaluates on seed + 10,000
 
 
 def emit(record: dict[str, Any]) -> None:
     print(json.dumps(record), flush=True)
 
 
-class RandomAgent:
-    """Uniform random actions, with the ``predict`` signature evaluate_policy expects."""
-
-    def __init__(self, action_space: Any, n_envs: int) -> None:
-        self.action_space, self.n_envs = action_space, n_envs
-
-    def predict(self, obs: Any, state: Any = None, episode_start: Any = None, deterministic: bool = False) -> Any:
-        return np.array([self.action_space.sample() for _ in range(self.n_envs)]), state
-
-
-class PeriodicEval(BaseCallback):
-    def __init__(self, eval_env: Any, game: str, eval_freq: int, n_episodes: int) -> None:
-        super().__init__()
-        self.eval_env, self.game, self.eval_freq, self.n_episodes = eval_env, game, eval_freq, n_episodes
-        self.start = time.perf_counter()
-
-    def _on_step(self) -> bool:
-        if self.eval_freq > 0 and self.num_timesteps % self.eval_freq == 0:
-            mean, std = evaluate_policy(self.model, self.eval_env, n_eval_episodes=self.n_episodes, deterministic=True)
-            emit({"bench": "minatar_eval", "game": self.game, "steps": self.num_timesteps,
-                  "mean_return": round(float(mean), 3), "std_return": round(float(std), 3),
-                  "elapsed_s": round(time.perf_counter() - self.start, 1)})
-        return True
+def parse_seeds(text: str) -> list[int]:
+    """``0-2`` or ``0,1,2``: the seeds, in order."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        low, _, high = part.partition("-")
+        seeds.extend(range(int(low), int(high or low) + 1))
+    return seeds
 
 
-def main() -> None:
+def random_scores(games: list[str], seeds: list[int], episodes: int, path: Path) -> dict[str, float]:
+    """A uniformly random policy's mean return per game over ``episodes`` episodes of each run's evaluation seed
+    (the same environments ``rlgen train``'s evaluations see); read from ``path`` when it already holds them."""
+    done = json.loads(path.read_text()) if path.is_file() else {}
+    wanted = {f"MinAtar/{game}-v1" for game in games}
+    if wanted <= set(done):
+        return done
+    import numpy as np
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from rlgen_plugins.cli.envs import check_env_id
+
+    for env_id in sorted(wanted - set(done)):
+        check_env_id(env_id)  # registers MinAtar's ids
+        returns = []
+        for seed in seeds:
+            env = make_vec_env(env_id, n_envs=1, seed=seed + EVAL_SEED_OFFSET)
+            env.action_space.seed(seed)
+            env.reset()
+            total, finished = 0.0, 0
+            while finished < episodes:
+                _, reward, done_now, _ = env.step(np.array([env.action_space.sample()]))
+                total += float(reward[0])
+                if done_now[0]:
+                    returns.append(total)
+                    total, finished = 0.0, finished + 1
+            env.close()
+        done[env_id] = round(float(np.mean(returns)), 4)
+        emit({"bench": "minatar_random", "env": env_id, "episodes": len(returns), "mean_return": done[env_id]})
+        path.write_text(json.dumps(done, indent=1, sort_keys=True) + "\n")
+    return done
+
+
+def rlgen(*args: str) -> int:
+    """Run ``python -m rlgen_plugins.cli ARGS`` with this interpreter; its output goes to ours."""
+    return subprocess.call([sys.executable, "-m", "rlgen_plugins.cli", *args], cwd=_HERE.parent)
+
+
+def summary(report_json: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """The goal's figures from ``rlgen report``'s report.json."""
+    report = json.loads(report_json.read_text())
+    per_game = {env: {label: c["raw"]["mean"] for label, c in data["configs"].items()}
+                for env, data in report["envs"].items()}
+    leads = sorted(env for env, s in per_game.items() if {"rainbow", "dqn"} <= set(s) and s["rainbow"] > s["dqn"])
+    agg = report["aggregate"]
+    iqm = {label: c["metrics"]["IQM"] for label, c in agg.get("configs", {}).items()} if agg["computed"] else {}
+    rainbow, dqn = iqm.get("rainbow", {}).get("ci"), iqm.get("dqn", {}).get("ci")
+    separated = bool(rainbow and dqn and rainbow[0] > dqn[1])
+    return {"bench": "minatar_summary", "timesteps": args.timesteps, "seeds": args.seeds, "iqm": iqm,
+            "per_game_mean": per_game, "rainbow_ahead_on": leads,
+            "goal_iqm_above_with_separate_intervals": separated, "goal_ahead_on_4_of_5": len(leads) >= 4}
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--game", default="Breakout", choices=sorted(PUBLISHED_DQN))
-    parser.add_argument("--steps", type=int, default=30_000, help="training env steps (preset: 5M)")
-    parser.add_argument("--learning-starts", type=int, default=None, help="override the preset's (5000)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--games", default=",".join(GAMES), help="comma-separated (default: all five)")
+    parser.add_argument("--seeds", default="0-2", help="seeds of each game and algorithm (default 0-2)")
+    parser.add_argument("--timesteps", type=int, default=30_000, help="env steps per run (the presets: 5M)")
     parser.add_argument("--eval-freq", type=int, default=10_000)
-    parser.add_argument("--eval-episodes", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
-    th.set_num_threads(args.threads)
-
-    import minatar.gym
-
-    minatar.gym.register_envs()  # gymnasium >= 1.0 no longer loads the package's entry point by itself
-    env_id = f"MinAtar/{args.game}-v1"
-    preset = load_preset("rainbow", env_id)
-    policy = preset.pop("policy")
-    for key in ("n_timesteps", "n_envs", "frame_stack", "env_wrapper", "env_kwargs"):
-        preset.pop(key, None)
-    if args.learning_starts is not None:
-        preset["learning_starts"] = args.learning_starts
-    preset["buffer_size"] = min(preset.get("buffer_size", 100_000), max(args.steps, 1_000))
-
-    env = make_vec_env(env_id, n_envs=1, seed=args.seed)
-    eval_env = make_vec_env(env_id, n_envs=args.eval_episodes, seed=10_000 + args.seed)
-    random_agent = RandomAgent(eval_env.action_space, args.eval_episodes)
-    random_return, _ = evaluate_policy(random_agent, eval_env, n_eval_episodes=args.eval_episodes)  # type: ignore
-    model = Rainbow(policy, env, seed=args.seed, **preset)
-    start = time.perf_counter()
-    model.learn(args.steps, callback=PeriodicEval(eval_env, args.game, args.eval_freq, args.eval_episodes))
-    wall = time.perf_counter() - start
-    final, final_std = evaluate_policy(model, eval_env, n_eval_episodes=args.eval_episodes, deterministic=True)
-    emit({
-        "bench": "minatar_summary",
-        "game": args.game,
-        "steps": args.steps,
-        "wall_s": round(wall, 1),
-        "steps_per_s": round(args.steps / wall, 1),
-        "final_mean_return": round(float(final), 3),
-        "final_std_return": round(float(final_std), 3),
-        "random_policy_return": round(float(random_return), 3),
-        "ratio_vs_random": None if random_return == 0 else round(float(final) / float(random_return), 2),
-        "published_dqn_5M_frames": PUBLISHED_DQN[args.game],
-        "learning_starts": preset["learning_starts"],
-        "buffer_size": preset["buffer_size"],
-        "torch_threads": th.get_num_threads(),
-    })
+    parser.add_argument("--eval-episodes", type=int, default=5)
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one core each)")
+    parser.add_argument("--runs", default="runs/minatar", help="the grids' run folders (large: replay buffers)")
+    parser.add_argument("--out", default="bench/reports/minatar", help="the report folder (committed)")
+    parser.add_argument("--reps", type=int, default=2000, help="bootstrap resamples")
+    args = parser.parse_args(argv)
+    games, seeds = args.games.split(","), parse_seeds(args.seeds)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    randoms = random_scores(games, seeds, args.eval_episodes, out / "random_scores.json")
+    (out / "reference_scores.json").write_text(json.dumps(
+        {f"MinAtar/{g}-v1": PUBLISHED_DQN_5M[g] for g in games}, indent=1, sort_keys=True) + "\n")
+    envs = [arg for game in games for arg in ("--env", f"MinAtar/{game}-v1")]
+    common = [*envs, "--seeds", args.seeds, "--timesteps", str(args.timesteps), "--eval-freq", str(args.eval_freq),
+              "--eval-episodes", str(args.eval_episodes), "--jobs", str(args.jobs)]
+    failed = rlgen("train", "rainbow", *common, "--output", f"{args.runs}/rainbow")  # a grid.json each
+    failed |= rlgen("train", "dqn", *common, "--output", f"{args.runs}/dqn", "-p", "exploration_fraction=0.1")
+    status = rlgen("report", args.runs, "--output", str(out), "--random-scores", str(out / "random_scores.json"),
+                   "--reference-scores", str(out / "reference_scores.json"), "--reps", str(args.reps))
+    if status == 0:
+        record = summary(out / "report.json", args)
+        record["random_scores"] = randoms
+        emit(record)
+        (out / "summary.json").write_text(json.dumps(record, indent=1) + "\n")
+    return failed or status
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
