@@ -169,11 +169,12 @@ def last_error_line(log: Path, offset: int = 0) -> str:
     return lines[-1] if lines else ""
 
 
-def execute(task: dict[str, Any], stop: threading.Event | None = None) -> Result:
+def execute(task: dict[str, Any], stop: threading.Event | None = None) -> Result | None:
     """Run one task's ``rlgen train`` in a process of its own, its output appended to ``FOLDER/train.log``;
-    return its exit code, duration, record status and last evaluation. Runs where the task runs (here, a Ray node)."""
+    return its exit code, duration, record status and last evaluation (``None``: not started, ``stop`` was set).
+    Runs where the task runs (here, or on a Ray node)."""
     if stop is not None and stop.is_set():
-        return {"exit_code": None, "seconds": 0.0, "status": None, "error": "not started: the grid was interrupted"}
+        return None
     folder = Path(task["folder"])
     folder.mkdir(parents=True, exist_ok=True)
     log = folder / LOG_FILE
@@ -207,13 +208,17 @@ def local_executor(jobs: int) -> Executor:
         stop = threading.Event()
         with ThreadPoolExecutor(max_workers=jobs) as pool:
             futures = {pool.submit(execute, task, stop): task for task in tasks}
+            reported = set()
             try:
                 for future in as_completed(futures):
+                    reported.add(future)
                     yield futures[future], future.result()
             except KeyboardInterrupt:
                 stop.set()
-                for future in futures:
-                    future.cancel()
+                running = [future for future in futures if future not in reported and not future.cancel()]
+                for future in as_completed(running):  # they stop at the terminal's SIGINT: report them
+                    if (result := future.result()) is not None:
+                        yield futures[future], result
                 raise
 
     return run_all

@@ -40,6 +40,20 @@ def connect(ray: Any, address: str, jobs: int | None) -> bool:
     return True
 
 
+def outcome_of(ray: Any, ref: Any, cancelled: bool = False) -> grid.Result | None:
+    """What the task ``ref`` returned; a task that Ray lost (its worker died) as a failed run; a cancelled one
+    that Ray reports no result for: ``None``."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.TaskCancelledError:
+        if cancelled:
+            return None
+        raise
+    except ray.exceptions.RayError as exc:
+        return {"exit_code": None, "seconds": None, "status": None,
+                "error": f"Ray task failed: {one_line(exc)[:300]}"}
+
+
 def ray_executor(address: str, jobs: int | None) -> grid.Executor:
     """Tasks as Ray tasks, at most ``jobs`` at a time (default: as many as Ray's CPUs take), in completion order."""
     ray = import_ray()  # now: a missing Ray is a usage error before anything is planned
@@ -57,17 +71,14 @@ def ray_executor(address: str, jobs: int | None) -> grid.Executor:
                     pending[remote.remote(task)] = task
                 done, _ = ray.wait(list(pending), num_returns=1)
                 for ref in done:
-                    task = pending.pop(ref)
-                    try:
-                        result = ray.get(ref)
-                    except ray.exceptions.RayError as exc:  # the worker died, or Ray lost the task
-                        result = {"exit_code": None, "seconds": None, "status": None,
-                                  "error": f"Ray task failed: {one_line(exc)[:300]}"}
-                    yield task, result
+                    yield pending.pop(ref), outcome_of(ray, ref)
         except KeyboardInterrupt:
             for ref in pending:  # a KeyboardInterrupt in each task: grid.execute passes SIGINT on to its run
                 ray.cancel(ref)
-            ray.wait(list(pending), num_returns=len(pending), timeout=CANCEL_WAIT_S)
+            done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=CANCEL_WAIT_S)
+            for ref in done:
+                if (result := outcome_of(ray, ref, cancelled=True)) is not None:
+                    yield pending[ref], result
             raise
         finally:
             if started:
