@@ -14,7 +14,7 @@ import pytest
 from stable_baselines3.common.callbacks import BaseCallback
 
 from rlgen_plugins.cli import main
-from rlgen_plugins.cli.grid import parse_seeds
+from rlgen_plugins.cli.grid import execute, parse_seeds
 
 ROOT = Path(__file__).parents[1]
 TINY = ["--timesteps", "300", "--eval-freq", "100", "--eval-episodes", "2", "--save-freq", "100", "--no-progress",
@@ -23,17 +23,18 @@ TINY = ["--timesteps", "300", "--eval-freq", "100", "--eval-episodes", "2", "--s
 HYPERPARAMS = "CartPole-v1: {}\nAcrobot-v1: {env_kwargs: {no_such_option: 1}}\n"
 
 
-class KillAt(BaseCallback):
-    """SIGKILL this process once ``num_timesteps`` reaches ``step`` in the run of ``seed``: a run that crashes
-    after a checkpoint."""
+class SignalAt(BaseCallback):
+    """Send this process ``signum`` (default SIGKILL: a crash) once ``num_timesteps`` reaches ``step``, in the run
+    of ``seed`` (default: any)."""
 
-    def __init__(self, step: int, seed: int) -> None:
+    def __init__(self, step: int, seed: int | None = None, signum: int = signal.SIGKILL) -> None:
         super().__init__()
-        self.step, self.seed = step, seed
+        self.step, self.seed, self.signum, self.sent = step, seed, signum, False
 
     def _on_step(self) -> bool:
-        if self.model.seed == self.seed and self.num_timesteps >= self.step:
-            os.kill(os.getpid(), signal.SIGKILL)
+        if not self.sent and self.seed in (None, self.model.seed) and self.num_timesteps >= self.step:
+            self.sent = True
+            os.kill(os.getpid(), self.signum)
         return True
 
 
@@ -59,8 +60,8 @@ def two_by_two(tmp_path_factory) -> tuple[list[str], Path, int, str]:
     args = ["dqn", "--env", "CartPole-v1", "--env", "Acrobot-v1", "--seeds", "0-1", "--output", str(out),
             "--hyperparams", str(base / "hp.yml"), "--jobs", "2", *TINY]
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), str(ROOT / "tests")]))  # KillAt, in each run
-        code, text, _ = grid(*args, "-p", "callback=test_grid.KillAt: {step: 250, seed: 1}")
+        patch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), str(ROOT / "tests")]))  # SignalAt, in each run
+        code, text, _ = grid(*args, "-p", "callback=test_grid.SignalAt: {step: 250, seed: 1}")
     return args, out, code, text
 
 
@@ -153,6 +154,23 @@ def test_an_unknown_algorithm_is_one_line_error_before_any_run(tmp_path):
     assert code == 2 and err.startswith("rlgen: error: unknown algorithm 'dqm'; did you mean 'dqn'") and \
         err.count("\n") == 1, err
     assert not (tmp_path / "g").exists()
+
+
+def test_a_run_started_where_sigint_is_blocked_still_stops_with_a_checkpoint_at_sigint(tmp_path, monkeypatch):
+    """A Ray worker blocks SIGINT and its children inherit that: the run must unblock it, or a cancelled task's
+    run would never write its checkpoint."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
+    folder = tmp_path / "run"
+    argv = ["train", "dqn", "--env", "CartPole-v1", "--seed", "0", "--output", str(folder), *TINY,
+            "-p", f"callback=test_grid.SignalAt: {{step: 150, signum: {int(signal.SIGINT)}}}", "--overwrite"]
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        result = execute({"key": ["CartPole-v1", 0], "folder": str(folder), "action": "start", "argv": argv})
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    assert (result["exit_code"], result["status"]) == (130, "interrupted"), result  # not trained to the end
+    assert 150 < result["timesteps"] < 300
+    assert result["error"].startswith(f"stopped by SIGINT: wrote {folder / 'checkpoints' / 'step_'}")
 
 
 def test_without_ray_installed_ray_is_a_one_line_error(tmp_path, monkeypatch):

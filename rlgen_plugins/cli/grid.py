@@ -35,6 +35,11 @@ CHECKPOINTS_DIR = "checkpoints"  # as rlgen_plugins.cli.checkpoints (which impor
 _STEP_DIR = re.compile(r"step_(\d+)")
 _MANIFEST = "manifest.json"
 
+#: A run's process: ``python -m rlgen_plugins.cli`` with SIGINT and SIGTERM unblocked first (a Ray worker blocks
+#: SIGINT, and a child inherits the blocked set: its run would never see the Ctrl-C that asks for a checkpoint).
+CHILD = ("import runpy, signal; signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM}); "
+         "runpy.run_module('rlgen_plugins.cli', run_name='__main__', alter_sys=True)")
+
 #: A task's outcome; what a run executor (the local pool, Ray) gives back for each task.
 Result = dict[str, Any]
 Executor = Callable[[list[dict[str, Any]]], Iterator[tuple[dict[str, Any], Result]]]
@@ -169,6 +174,16 @@ def last_error_line(log: Path, offset: int = 0) -> str:
     return lines[-1] if lines else ""
 
 
+def wait_for(process: subprocess.Popen) -> int:
+    """``process.wait()`` in short waits, so that a ``KeyboardInterrupt`` (Ray's cancel raises one in the task's
+    thread, which a blocking wait would not see until the run ends) is raised promptly."""
+    while True:
+        try:
+            return process.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            continue
+
+
 def execute(task: dict[str, Any], stop: threading.Event | None = None) -> Result | None:
     """Run one task's ``rlgen train`` in a process of its own, its output appended to ``FOLDER/train.log``;
     return its exit code, duration, record status and last evaluation (``None``: not started, ``stop`` was set).
@@ -181,15 +196,16 @@ def execute(task: dict[str, Any], stop: threading.Event | None = None) -> Result
     started = time.monotonic()
     with open(log, "a") as handle:
         offset = handle.tell()
-        command = [sys.executable, "-m", "rlgen_plugins.cli", *task["argv"]]
+        command = [sys.executable, "-c", CHILD, *task["argv"]]
         handle.write(f"=== rlgen grid, {time.strftime('%Y-%m-%d %H:%M:%S')}, {task['action']}: "
-                     f"{shlex.join(command)}\n")
+                     f"{shlex.join(['rlgen', *task['argv']])}\n")
         handle.flush()
         process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         try:
-            code = process.wait()
+            code = wait_for(process)
         except KeyboardInterrupt:  # a cancelled Ray task: the run writes a checkpoint and exits 130
-            process.send_signal(signal.SIGINT)
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)
             code = process.wait()
     try:
         record = read_run_record(folder)
@@ -228,7 +244,7 @@ def outcome(result: Result) -> str:
     """``finished``, ``interrupted`` (stopped with a checkpoint: a rerun resumes it) or ``failed``."""
     if result.get("exit_code") == 0 and result.get("status") == "finished":
         return "finished"
-    if result.get("exit_code") in (130, 143) and result.get("status") == "interrupted":
+    if result.get("status") == "interrupted":  # rlgen.json says so: it stopped at a signal, with a checkpoint
         return "interrupted"
     return "failed"
 
@@ -337,7 +353,7 @@ def run_grid(args: argparse.Namespace, echo: Callable[[str], None] = print) -> i
             write()
     except KeyboardInterrupt:
         interrupted = True
-        echo("interrupted: the runs that were running wrote a checkpoint if they could; rerun the command to go on")
+        echo("interrupted: the runs stopped wrote a checkpoint where they could; rerun the command to go on")
     write()
     for line in summary(runs, args.algo):
         echo(line)
