@@ -43,9 +43,9 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train an algorithm on an environment and report where the outputs went; or a grid of runs (:mod:`.grid`)."""
-    if len(args.env) > 1 or args.seeds is not None:  # a grid: each run is an ``rlgen train`` process of its own
-        from rlgen_plugins.cli import grid
+    from rlgen_plugins.cli import grid
 
+    if grid.is_grid(args):  # several --env, or --seeds: each run is an ``rlgen train`` process of its own
         return grid.run_grid(args, echo=lambda line: print(line, flush=True))
     if args.jobs is not None or args.ray is not None:
         raise UsageError("--jobs and --ray run a grid: give --seeds, or --env more than once")
