@@ -173,6 +173,17 @@ def test_a_run_started_where_sigint_is_blocked_still_stops_with_a_checkpoint_at_
     assert result["error"].startswith(f"stopped by SIGINT: wrote {folder / 'checkpoints' / 'step_'}")
 
 
+def test_a_second_grid_in_the_same_folder_is_a_one_line_error(tmp_path):
+    import fcntl
+
+    with open(tmp_path / ".grid.lock", "a") as handle:  # as a running grid holds it
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        code, text, err = grid("dqn", "--env", "CartPole-v1", "--seeds", "0-1", "--output", str(tmp_path))
+    assert code == 2 and err == (f"rlgen: error: another grid is running in {tmp_path} (it holds "
+                                 f"{tmp_path / '.grid.lock'}); wait for it to end, or stop it\n")
+    assert text == "" and sorted(p.name for p in tmp_path.iterdir()) == [".grid.lock"]
+
+
 def test_without_ray_installed_ray_is_a_one_line_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
     code, _, err = grid("dqn", "--env", "CartPole-v1", "--seeds", "0-1", "--ray", "--output", str(tmp_path / "g"))

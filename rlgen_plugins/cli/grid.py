@@ -8,6 +8,7 @@ torch; the planning reads only the run folders.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shlex
@@ -31,6 +32,7 @@ __all__ = ["GRID_FILE", "LOG_FILE", "Run", "is_grid", "parse_seeds", "plan_runs"
 
 GRID_FILE = "grid.json"
 LOG_FILE = "train.log"
+LOCK_FILE = ".grid.lock"
 CHECKPOINTS_DIR = "checkpoints"  # as rlgen_plugins.cli.checkpoints (which imports torch) names it
 _STEP_DIR = re.compile(r"step_(\d+)")
 _MANIFEST = "manifest.json"
@@ -329,6 +331,32 @@ def run_grid(args: argparse.Namespace, echo: Callable[[str], None] = print) -> i
         executor, name = grid_ray.ray_executor(args.ray, args.jobs), f"ray ({args.ray})"
     else:
         executor, name = local_executor(args.jobs or os.cpu_count() or 1), "local"
+    output.mkdir(parents=True, exist_ok=True)
+    with locked(output):
+        return run_planned(args, output, seeds, executor, name, echo)
+
+
+@contextlib.contextmanager
+def locked(output: Path) -> Iterator[None]:
+    """Hold ``OUTPUT/.grid.lock`` while inside; another grid in ``output`` is a one-line error (POSIX flock;
+    where there is none, as on Windows, nothing is locked)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(output / LOCK_FILE, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise UsageError(f"another grid is running in {output} (it holds {output / LOCK_FILE}); wait for it "
+                             f"to end, or stop it") from None
+        yield  # the lock goes with the file's closing
+
+
+def run_planned(args: argparse.Namespace, output: Path, seeds: list[int], executor: Executor, name: str,
+                echo: Callable[[str], None]) -> int:
+    """Plan the runs in ``output`` (locked), say what happens to each, run them with ``executor``, summarize."""
     runs, flags = plan_runs(output, args.algo, args.env, seeds), shared_flags(args)
     for run in runs:
         if run.action in ("skip", "resume", "restart"):
@@ -337,7 +365,6 @@ def run_grid(args: argparse.Namespace, echo: Callable[[str], None] = print) -> i
     shape = f"{len(args.env)} env{'s' * (len(args.env) > 1)} x {len(seeds)} seed{'s' * (len(seeds) > 1)}"
     echo(f"grid of {len(runs)} runs ({shape}) into {output}: {len(todo)} to run ({name}), "
          f"{len(runs) - len(todo)} finished already")
-    output.mkdir(parents=True, exist_ok=True)
 
     def write() -> None:
         write_json_atomically(output / GRID_FILE, manifest(args, output, seeds, flags, runs, name))
