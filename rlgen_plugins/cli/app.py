@@ -24,6 +24,7 @@ examples:
   rlgen train rainbow --env CartPole-v1           train with the shipped preset, evaluate, save into runs/
   rlgen train rainbow --env CartPole-v1 -p learning_rate=3e-4 --timesteps 30000 --output runs/lr3e-4
   rlgen evaluate runs/rainbow-CartPole-v1/model.zip --episodes 20
+  rlgen train rainbow --env CartPole-v1 --env Acrobot-v1 --seeds 0-4 --output runs/grid    a grid of 10 runs
   rlgen train dqn --env CartPole-v1 --hyperparams rl_zoo3/hyperparams/dqn.yml    an rl-zoo3 file, as it is
   rlgen diffusion train --steps 2000              train the U-Net on the bundled digits (offline)
 """
@@ -43,7 +44,15 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """Train an algorithm on an environment and report where the outputs went."""
+    """Train an algorithm on an environment and report where the outputs went; or a grid of runs (:mod:`.grid`)."""
+    from rlgen_plugins.cli import grid
+
+    if grid.is_grid(args):  # several --env, or --seeds: each run is an ``rlgen train`` process of its own
+        return grid.run_grid(args, echo=lambda line: print(line, flush=True))
+    if args.jobs is not None or args.ray is not None:
+        raise UsageError("--jobs and --ray run a grid: give --seeds, or --env more than once")
+    args.env = args.env[0]
+
     import gymnasium as gym
 
     from rlgen_plugins.cli import runs as rl_run
@@ -124,6 +133,13 @@ def positive_int(flag: str) -> Callable[[str], int]:
     return parse
 
 
+def seeds_list(text: str) -> list[int]:
+    """An argparse ``type`` for ``--seeds`` (``0-4``, ``0,2,5``, ``3``); a one-line ``UsageError`` otherwise."""
+    from rlgen_plugins.cli.grid import parse_seeds
+
+    return parse_seeds(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlgen", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -138,7 +154,16 @@ def build_parser() -> argparse.ArgumentParser:
                                        "model.zip, best_model.zip, evaluations.csv, learning_curve.png and rlgen.json "
                                        "into --output. --hyperparams also reads rl-zoo3's files (docs/cli.md).")
     train.add_argument("algo", metavar="ALGO", help="a registered algorithm, e.g. rainbow (see: rlgen plugins)")
-    train.add_argument("--env", required=True, metavar="ENV_ID", help="gymnasium id, e.g. CartPole-v1")
+    train.add_argument("--env", required=True, action="append", metavar="ENV_ID",
+                       help="gymnasium id, e.g. CartPole-v1; repeat it for a grid of runs (docs/cli.md)")
+    train.add_argument("--seeds", type=seeds_list, metavar="0-4|0,2,5",
+                       help="a grid: one run per seed (and --env), each in OUTPUT/ALGO/ENV/seed_S; rerunning the "
+                            "command skips finished runs and resumes interrupted ones")
+    train.add_argument("--jobs", type=positive_int("--jobs"), metavar="N",
+                       help="a grid's runs at a time, one process each (default: one per CPU core)")
+    train.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                       help="run a grid's runs as Ray tasks: on a Ray started here, or on the cluster at ADDRESS "
+                            "(e.g. auto, or 10.0.0.5:6379); needs pip install -e \".[ray]\"")
     train.add_argument("--timesteps", type=int, help="environment steps (default: the preset's n_timesteps)")
     train.add_argument("--seed", type=int, help="random seed (default: a fresh one, printed and kept in rlgen.json)")
     train.add_argument("--n-envs", type=positive_int("--n-envs"), metavar="K",
@@ -151,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
                        help="override one hyperparameter (YAML value), repeatable: -p learning_rate=1e-3")
     train.add_argument("--output", metavar="DIR",
-                       help="output folder (default: runs/ALGO-ENV); one that holds files becomes DIR_1, DIR_2, ...")
+                       help="output folder (default: runs/ALGO-ENV, a grid's runs/grid-ALGO); one that holds files "
+                            "becomes DIR_1, DIR_2, ...")
     train.add_argument("--overwrite", action="store_true",
                        help="write into an existing --output folder, replacing the previous run's files")
     train.add_argument("--eval-freq", type=int, default=1000,
