@@ -172,7 +172,49 @@ def test_readme_multi_process_command_trains_one_run_in_two_processes(tmp_path) 
     assert result.stdout.count("runs/readme-ddpm-2proc/pipeline") == 1  # printed by the main process only
 
 
+def test_readme_grid_and_report_commands_run_two_seeds_of_two_algorithms_side_by_side(tmp_path) -> None:
+    import json
+
+    command = next(c for c in bash_blocks_outside_quick_start() if "runs/readme-grid" in c)
+    result = run_bash_block(command, tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for algo in ("rainbow", "dqn"):
+        for seed in range(2):
+            record = json.loads((tmp_path / f"runs/readme-grid/{algo}/{algo}/CartPole-v1/seed_{seed}/rlgen.json")
+                                .read_text())
+            assert (record["algo"], record["seed"], record["status"]) == (algo, seed, "finished")
+    report = json.loads((tmp_path / "runs/readme-report/report.json").read_text())
+    configs = report["envs"]["CartPole-v1"]["configs"]
+    assert set(configs) == {"rainbow", "dqn"} and all(c["n"] == 2 for c in configs.values())
+    assert report["aggregate"]["computed"] and set(report["aggregate"]["configs"]) == {"rainbow", "dqn"}
+    assert (tmp_path / "runs/readme-report/report.md").is_file() and list((tmp_path / "runs/readme-report").glob("*.png"))
+    again = run_bash_block(command.splitlines()[0], tmp_path)  # the same command again: nothing is retrained
+    assert again.returncode == 0 and again.stdout.count("skip rainbow CartPole-v1 seed") == 2, again.stdout
+
+
+def test_readme_tune_command_writes_a_preset_rlgen_train_takes(tmp_path) -> None:
+    import csv
+
+    from rlgen_plugins.cli.presets import load_preset
+
+    command = next(c for c in bash_blocks_outside_quick_start() if "runs/readme-tune" in c)
+    result = run_bash_block(command, tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    with open(tmp_path / "runs/readme-tune/trials.csv", newline="") as handle:
+        trials = list(csv.DictReader(handle))
+    assert sorted(int(t["number"]) for t in trials) == [0, 1] and {t["state"] for t in trials} <= {"COMPLETE", "PRUNED"}
+    best = load_preset("rainbow", "CartPole-v1", path=tmp_path / "runs/readme-tune/best_hyperparams.yml")
+    best_trial = max((t for t in trials if t["state"] == "COMPLETE"), key=lambda t: float(t["value"]))
+    assert best["learning_rate"] == pytest.approx(json_params(best_trial)["learning_rate"])
+
+
+def json_params(trial: dict) -> dict:
+    import json
+
+    return json.loads(trial["params"])
+
+
 def test_every_readme_command_outside_the_quick_start_is_run_by_a_test() -> None:
-    markers = [*SETUP.values(), "--num_processes 2"]
+    markers = [*SETUP.values(), "--num_processes 2", "runs/readme-grid", "runs/readme-tune"]
     for command in bash_blocks_outside_quick_start():
         assert any(marker in command for marker in markers), command
