@@ -42,3 +42,24 @@ def test_dqn_minatar_preset_builds_the_papers_network_and_optimizer() -> None:
     assert isinstance(optimizer, th.optim.RMSprop)
     group = optimizer.param_groups[0]
     assert (group["alpha"], group["eps"], group["centered"]) == (0.95, 0.01, True)
+
+
+@pytest.mark.parametrize("algo", ["rainbow", "dqn"])
+def test_seaquest_episodes_are_capped_because_a_policy_on_the_surface_never_ends_one(algo: str) -> None:
+    """MinAtar's Seaquest ends an episode only when the submarine dives and runs out of oxygen or is hit: a greedy
+    policy that stays on the surface made a deterministic evaluation run forever."""
+    from rlgen_plugins.cli.envs import check_env_id, make_env
+
+    check_env_id("MinAtar/Seaquest-v1")
+    preset = load_preset(algo, "MinAtar/Seaquest-v1")
+    assert preset["env_kwargs"] == {"max_episode_steps": 27000}
+    assert preset["learning_rate"] == load_preset(algo, "MinAtar/Breakout-v1")["learning_rate"]
+    assert "env_kwargs" not in load_preset(algo, "MinAtar/Breakout-v1")
+    env = make_env("MinAtar/Seaquest-v1", n_envs=1, seed=0, env_kwargs=preset["env_kwargs"])
+    env.reset()
+    noop = 0  # the minimal action set's first action: stay
+    for step in range(1, 27001):
+        _, _, done, infos = env.step([noop])
+        if done[0]:
+            break
+    assert step == 27000 and infos[0].get("TimeLimit.truncated") is True
