@@ -126,7 +126,7 @@ def normalisation_for(env_id: str, run_scores: list[float], measured_random: flo
             return Normalisation("minatar-max", low, best, source)
         return Normalisation("raw", None, None, "MinAtar, but no run scored above the floor: raw scores")
     if low is None or high is None:
-        missing = "a random score" if low is None else "a reference score"
+        missing = "random score" if low is None else "reference score"
         return Normalisation("raw", None, None, f"raw scores: no {missing} for {env_id} "
                                                 f"(--random-scores / --reference-scores add one)")
     if high == low:
