@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-freq", type=int, default=10_000)
     parser.add_argument("--eval-episodes", type=int, default=5)
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one core each)")
-    parser.add_argument("--runs", default="runs/minatar", help="the grids' run folders (large: replay buffers)")
+    parser.add_argument("--runs", default="bench/reports/minatar/runs",
+                        help="the grids' run folders: their records are committed, their models and checkpoints not")
     parser.add_argument("--out", default="bench/reports/minatar", help="the report folder (committed)")
     parser.add_argument("--reps", type=int, default=2000, help="bootstrap resamples")
     args = parser.parse_args(argv)
