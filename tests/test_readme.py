@@ -178,6 +178,7 @@ def test_readme_grid_and_report_commands_run_two_seeds_of_two_algorithms_side_by
     command = next(c for c in bash_blocks_outside_quick_start() if "runs/readme-grid" in c)
     result = run_bash_block(command, tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
+    assert "2 to run (local)" in result.stdout and "2 to run (ray (local))" in result.stdout  # DQN's on Ray
     for algo in ("rainbow", "dqn"):
         for seed in range(2):
             record = json.loads((tmp_path / f"runs/readme-grid/{algo}/{algo}/CartPole-v1/seed_{seed}/rlgen.json")
