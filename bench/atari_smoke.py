@@ -2,7 +2,8 @@
 policy's, both measured in this run on the same environment (SB3's Atari wrappers, 4 stacked frames, full games).
 
 Resumable: the run checkpoints every ``--save-freq`` steps into ``OUT/run`` and a rerun continues it
-(``--resume latest``); the random policy's score is kept in ``OUT/random.json``. Prints JSON lines:
+(``--resume latest``), or, once its ``rlgen.json`` says finished, only scores the saved model again; the random
+policy's score is kept in ``OUT/random.json``. Both are scored on the preset's own episode cap. Prints JSON lines:
   {"bench": "atari_smoke_random", ...}, {"bench": "atari_smoke_train", "seconds": ...},
   {"bench": "atari_smoke", "agent_mean": a, "random_mean": r, "difference_ci95": [lo, hi], "learned": bool}
 ``learned`` is true when the bootstrap 95% interval of the mean difference (agent - random) lies above 0.
@@ -26,6 +27,7 @@ import registry  # noqa: E402
 from rlgen_plugins.cli import runs  # noqa: E402
 from rlgen_plugins.cli.checkpoints import CHECKPOINTS_DIR  # noqa: E402
 from rlgen_plugins.cli.envs import check_env_id, make_env  # noqa: E402
+from rlgen_plugins.cli.presets import load_preset  # noqa: E402
 
 
 class RandomPolicy:
@@ -75,7 +77,7 @@ def main() -> None:
     args = parser.parse_args()
     check_env_id(args.env)
     args.out.mkdir(parents=True, exist_ok=True)
-    env_kwargs = {"max_episode_steps": 108_000}
+    env_kwargs = load_preset(args.algo, args.env).get("env_kwargs", {})  # the run's own episode cap (der: 108k)
     eval_seed = 10_000 + args.seed  # the same games for both policies, none of them seen in training
 
     random_file = args.out / "random.json"
@@ -88,8 +90,9 @@ def main() -> None:
                       "mean": float(np.mean(random_returns))}), flush=True)
 
     run = args.out / "run"
+    record = json.loads((run / "rlgen.json").read_text()) if (run / "rlgen.json").is_file() else {}
     resume = "latest" if (run / CHECKPOINTS_DIR).is_dir() and any((run / CHECKPOINTS_DIR).iterdir()) else None
-    if not (run / "model.zip").is_file() or resume is not None:
+    if record.get("status") != "finished":  # a finished run is scored again, never retrained
         start = time.perf_counter()
         runs.train(args.algo, args.env, timesteps=args.timesteps, seed=args.seed, output=run, overwrite=True,
                    eval_freq=args.eval_freq, eval_episodes=3, progress_bar=False, save_freq=args.save_freq,
