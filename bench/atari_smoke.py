@@ -27,6 +27,7 @@ import registry  # noqa: E402
 from rlgen_plugins.cli import runs  # noqa: E402
 from rlgen_plugins.cli.checkpoints import CHECKPOINTS_DIR  # noqa: E402
 from rlgen_plugins.cli.envs import check_env_id, make_env  # noqa: E402
+from rlgen_plugins.cli.files import read_run_record  # noqa: E402
 from rlgen_plugins.cli.presets import load_preset  # noqa: E402
 
 
@@ -90,7 +91,7 @@ def main() -> None:
                       "mean": float(np.mean(random_returns))}), flush=True)
 
     run = args.out / "run"
-    record = json.loads((run / "rlgen.json").read_text()) if (run / "rlgen.json").is_file() else {}
+    record = read_run_record(run)
     resume = "latest" if (run / CHECKPOINTS_DIR).is_dir() and any((run / CHECKPOINTS_DIR).iterdir()) else None
     if record.get("status") != "finished":  # a finished run is scored again, never retrained
         start = time.perf_counter()

@@ -32,6 +32,8 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
+from rlgen_plugins.cli.grid_plan import parse_seeds  # noqa: E402
+
 GAMES = ("Asterix", "Breakout", "Freeway", "Seaquest", "SpaceInvaders")
 #: DQN after 5M frames, Young & Tian (2019), read off their learning-curve figure (approximate).
 PUBLISHED_DQN_5M = {"Asterix": 17.0, "Breakout": 10.0, "Freeway": 50.0, "Seaquest": 20.0, "SpaceInvaders": 43.0}
@@ -40,15 +42,6 @@ EVAL_SEED_OFFSET = 10_000  # rlgen train evaluates on seed + 10,000
 
 def emit(record: dict[str, Any]) -> None:
     print(json.dumps(record), flush=True)
-
-
-def parse_seeds(text: str) -> list[int]:
-    """``0-2`` or ``0,1,2``: the seeds, in order."""
-    seeds: list[int] = []
-    for part in text.split(","):
-        low, _, high = part.partition("-")
-        seeds.extend(range(int(low), int(high or low) + 1))
-    return seeds
 
 
 def random_scores(games: list[str], seeds: list[int], episodes: int, path: Path) -> dict[str, float]:
@@ -117,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="bench/reports/minatar", help="the report folder (committed)")
     parser.add_argument("--reps", type=int, default=2000, help="bootstrap resamples")
     args = parser.parse_args(argv)
-    games, seeds = args.games.split(","), parse_seeds(args.seeds)
+    games, seeds = args.games.split(","), parse_seeds(args.seeds)  # as rlgen train --seeds reads them
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     randoms = random_scores(games, seeds, args.eval_episodes, out / "random_scores.json")

@@ -43,7 +43,7 @@ def is_atari(env_id: str) -> bool:
     return env_id.startswith("ALE/") or "NoFrameskip" in env_id
 
 
-def _read_yaml(path: Path) -> Any:
+def read_yaml(path: Path) -> Any:
     """The YAML document in ``path`` (``{}`` when empty)."""
     try:
         return yaml.safe_load(path.read_text()) or {}
@@ -66,7 +66,7 @@ def _check_presets(data: Any, path: Path) -> dict[str, dict[str, Any]]:
 def read_presets(path: str | Path) -> dict[str, dict[str, Any]]:
     """All presets in a YAML file, keyed by environment id."""
     path = Path(path)
-    return _check_presets(_read_yaml(path), path)
+    return _check_presets(read_yaml(path), path)
 
 
 def _entries(source: Path | Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -130,7 +130,7 @@ def load_preset(algo: str, env_id: str, path: str | Path | None = None) -> dict[
     source = Path(path)
     if not source.is_file():
         raise FileNotFoundError(f"hyperparameter file {source} does not exist")
-    raw = _read_yaml(source)
+    raw = read_yaml(source)
     if isinstance(raw, dict) and raw and not all(isinstance(v, dict) for v in raw.values()):
         return normalize_hyperparams(dict(raw), source)  # a flat mapping for any environment
     entries = _check_presets(raw, source)

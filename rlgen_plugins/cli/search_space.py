@@ -22,6 +22,7 @@ import yaml
 
 import registry
 from rlgen_plugins.cli.errors import UsageError, one_line
+from rlgen_plugins.cli.presets import read_yaml
 
 TYPES = ("float", "int", "categorical")
 _KEYS = {"float": {"type", "low", "high", "log", "step"}, "int": {"type", "low", "high", "log", "step"},
@@ -121,11 +122,7 @@ def read_space(source: Path | Mapping[str, Any]) -> dict[str, Parameter]:
     """The search space in a YAML file (or a mapping), checked."""
     if not isinstance(source, Path):
         return parse_space(source, "a search-space mapping")
-    try:
-        data = yaml.safe_load(source.read_text())
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{source}: not valid YAML: {one_line(exc)}") from None
-    return parse_space(data, str(source))
+    return parse_space(read_yaml(source), str(source))  # a YAML error names the file, line and column
 
 
 def find_space(algo: str) -> tuple[dict[str, Parameter], str]:
