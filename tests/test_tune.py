@@ -268,7 +268,10 @@ def test_the_example_plugin_s_search_space_fits_its_algorithm(default_registry, 
     monkeypatch.syspath_prepend(str(ROOT / "examples" / "rlgen-example-plugin"))
     from rlgen_example import plugin
 
-    default_registry.register_plugin(plugin, name="example")
+    # a pip build of the example (tests/test_example_plugin.py) leaves its egg-info beside the package, and then the
+    # entry point on this path has registered it already
+    if "example" not in {info.name for info in default_registry.plugins()}:
+        default_registry.register_plugin(plugin, name="example")
     t = tune.prepare("plain-dqn", "CartPole-v1", n_timesteps=None, overrides={}, hyperparams_file=None,
                      n_evaluations=5, eval_episodes=5, output=tmp_path, seed=None, device="cpu", threads=1,
                      compile_=False)
