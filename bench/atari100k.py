@@ -28,7 +28,7 @@ from typing import Any
 _ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(_ROOT))
 
-from rlgen_plugins.cli.grid_plan import parse_seeds  # noqa: E402
+from rlgen_plugins.cli.grid_plan import parse_seeds
 
 GAMES = ("Pong", "Breakout", "Boxing")
 #: Data-efficient Rainbow at 100k agent steps, van Hasselt, Hessel & Aslanides (2019).
