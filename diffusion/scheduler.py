@@ -72,7 +72,7 @@ def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
     """Shift and scale sqrt(alpha_bar) so the last step has zero SNR (Lin et al. 2023, algorithm 1)."""
     sqrt_ab = torch.cumprod(1.0 - betas, dim=0).sqrt()
     first, last = sqrt_ab[0].clone(), sqrt_ab[-1].clone()
-    sqrt_ab = (sqrt_ab - last) * first / (first - last)
+    sqrt_ab = (sqrt_ab - last) * (first / (first - last))  # the paper's order: shift, then one scale factor
     alpha_bar = sqrt_ab**2
     alphas = torch.cat([alpha_bar[:1], alpha_bar[1:] / alpha_bar[:-1]])
     return 1 - alphas

@@ -24,10 +24,11 @@ def test_schedules_match_the_formulas():
         assert bool((b[1:] >= b[:-1] - 1e-7).all()), name  # non-decreasing variances
 
 
+@pytest.mark.parametrize("zero_snr", [False, True])
 @pytest.mark.parametrize("schedule", ["linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid"])
-def test_betas_equal_diffusers_ddpm_for_shared_names(schedule):
-    ours = NoiseScheduler(num_train_timesteps=T, beta_schedule=schedule)
-    ref = DDPMScheduler(num_train_timesteps=T, beta_schedule=schedule)
+def test_betas_equal_diffusers_ddpm_for_shared_names(schedule, zero_snr):
+    ours = NoiseScheduler(num_train_timesteps=T, beta_schedule=schedule, rescale_betas_zero_snr=zero_snr)
+    ref = DDPMScheduler(num_train_timesteps=T, beta_schedule=schedule, rescale_betas_zero_snr=zero_snr)
     torch.testing.assert_close(ours.betas, ref.betas, rtol=1e-6, atol=1e-8)
     torch.testing.assert_close(ours.alphas_cumprod, ref.alphas_cumprod, rtol=1e-6, atol=1e-8)
 
@@ -97,8 +98,8 @@ def test_step_matches_diffusers_ddpm(kw, inference_steps):
             out[:, 3:] = out[:, 3:].tanh()  # learned_range expects a value in [-1, 1]
         a = ours.step(out, t, sample, generator=torch.Generator().manual_seed(5))
         b = ref.step(out, t, sample, generator=torch.Generator().manual_seed(5))
-        torch.testing.assert_close(a.prev_sample, b.prev_sample, rtol=1e-4, atol=2e-5)  # float32; zero-SNR steps amplify rounding
-        torch.testing.assert_close(a.pred_original_sample, b.pred_original_sample, rtol=1e-4, atol=2e-5)
+        torch.testing.assert_close(a.prev_sample, b.prev_sample, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(a.pred_original_sample, b.pred_original_sample, rtol=1e-5, atol=1e-6)
 
 
 def test_step_tuple_and_last_step_is_noise_free():
