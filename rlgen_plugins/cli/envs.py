@@ -22,8 +22,9 @@ VEC_ENVS = ("dummy", "subproc")
 
 def _register_minatar(env_id: str) -> None:
     """Register MinAtar's ids in this process's gymnasium registry (gymnasium >= 1.0 no longer loads MinAtar's entry
-    point; a SubprocVecEnv worker starts from a fresh registry), unless ``env_id`` is there already."""
-    if env_id in gym.registry:
+    point; a SubprocVecEnv worker starts from a fresh registry), unless they are there already (registering again
+    would warn once per id)."""
+    if env_id in gym.registry or any(known.startswith("MinAtar/") for known in gym.registry):
         return
     try:
         from minatar.gym import register_envs
