@@ -115,6 +115,20 @@ class FrameStore:
         self.oldest = np.zeros(self.n_envs, dtype=np.int64)  # per env: first absolute row that may still be valid
         self.invalidated = np.empty(0, dtype=np.int64)  # flat indices row * n_envs + env that the last add made stale
 
+    # Pickle only the frame slots and rows written so far: a checkpoint early in a run costs the fill, not the
+    # capacity. Slot i of every env is unwritten while i >= written (the store fills slots 0, 1, ... before it wraps).
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["frames"] = self.frames[: min(int(self.written.max(initial=0)), self.frames_per_env)]
+        state["newest"] = self.newest[: min(self.added, self.rows)]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        frames = np.zeros((state["frames_per_env"], state["n_envs"], *state["frame_shape"]), dtype=np.uint8)
+        newest = np.zeros((state["rows"], state["n_envs"]), dtype=np.int64)
+        frames[: len(state["frames"])], newest[: len(state["newest"])] = state["frames"], state["newest"]
+        self.__dict__.update(state, frames=frames, newest=newest)
+
     @property
     def nbytes(self) -> int:
         """Bytes held by the frame and index arrays."""
