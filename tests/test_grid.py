@@ -207,3 +207,34 @@ def test_the_same_grid_on_a_local_ray_gives_the_same_layout_and_statuses(tmp_pat
     assert [(r["folder"], r["status"]) for r in manifest["runs"]] == [
         ("dqn/CartPole-v1/seed_0", "finished"), ("dqn/CartPole-v1/seed_1", "finished")]
     assert "grid of 2 runs (1 env x 2 seeds)" in text and "grid summary: 2 finished, 0 skipped, 0 failed" in text
+
+
+def test_sigterm_to_the_grid_alone_stops_its_runs_with_a_checkpoint(tmp_path):
+    """``kill PID`` of a grid (SIGTERM to it, not to its process group) reaches the runs: each writes a checkpoint
+    and stops, none goes on training unwatched, and the grid says so and exits 143."""
+    import subprocess
+    import time
+
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "rlgen_plugins.cli", "train", "dqn", "--env", "CartPole-v1", "--seeds", "0-2",
+               "--jobs", "2", "--output", str(out), "--timesteps", "1000000", "--eval-freq", "0", "--save-freq",
+               "100000", "--no-progress", "-p", "learning_starts=100", "-p", "buffer_size=1000"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    grid_process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    text=True)
+    folders = [out / "dqn" / "CartPole-v1" / f"seed_{seed}" for seed in (0, 1)]
+    deadline = time.monotonic() + 120
+    while not all((f / "train.log").is_file() and "training dqn" in (f / "train.log").read_text() for f in folders):
+        assert time.monotonic() < deadline and grid_process.poll() is None, "the runs did not start"
+        time.sleep(0.2)
+    grid_process.send_signal(signal.SIGTERM)
+    text, _ = grid_process.communicate(timeout=120)
+    assert grid_process.returncode == 143, text
+    assert "stopped by SIGTERM: the runs stopped wrote a checkpoint" in text
+    for folder in folders:
+        run = record(folder)
+        assert run["status"] == "interrupted" and 0 < run["timesteps"] < 1_000_000, run
+        assert list((folder / "checkpoints").glob("step_*/model.zip")), folder
+    assert not (out / "dqn" / "CartPole-v1" / "seed_2").exists()  # queued, never started
+    statuses = {r["seed"]: r["status"] for r in json.loads((out / "grid.json").read_text())["runs"]}
+    assert statuses[0] == statuses[1] == "interrupted", statuses

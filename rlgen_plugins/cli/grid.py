@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, as_completed, wait
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,13 @@ CHILD = ("import runpy, signal; signal.pthread_sigmask(signal.SIG_UNBLOCK, {sign
          "runpy.run_module('rlgen_plugins.cli', run_name='__main__', alter_sys=True)")
 #: Runs tasks (the local pool, Ray), yielding each task with its result as it ends.
 Executor = Callable[[list[dict[str, Any]]], Iterator[tuple[dict[str, Any], Result]]]
+#: The run processes ``execute`` has started in this process and not yet reaped (a SIGTERM is passed on to them).
+_RUNNING: set[subprocess.Popen] = set()
+_RUNNING_LOCK = threading.Lock()
+
+
+class Terminated(KeyboardInterrupt):
+    """The grid process got SIGTERM (``kill PID``): it stops as at Ctrl-C, after passing the signal to its runs."""
 
 
 def default_save_freq(args: argparse.Namespace, env: str) -> int:
@@ -119,12 +126,17 @@ def execute(task: dict[str, Any], stop: threading.Event | None = None) -> Result
                      f"{shlex.join(['rlgen', *task['argv']])}\n")
         handle.flush()
         process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        with _RUNNING_LOCK:
+            _RUNNING.add(process)
         try:
             code = wait_for(process)
         except KeyboardInterrupt:  # a cancelled Ray task: the run writes a checkpoint and exits 130
             if process.poll() is None:
                 process.send_signal(signal.SIGINT)
             code = process.wait()
+        finally:
+            with _RUNNING_LOCK:
+                _RUNNING.discard(process)
     try:
         record = read_run_record(folder)
     except UsageError:
@@ -134,26 +146,51 @@ def execute(task: dict[str, Any], stop: threading.Event | None = None) -> Result
             "error": None if code == 0 else last_error_line(log, offset)}
 
 
+def terminate_runs(signalled: set[int]) -> None:
+    """Send SIGTERM to each run process not yet in ``signalled`` (pids): it writes a checkpoint and exits 143."""
+    with _RUNNING_LOCK:
+        live = [process for process in _RUNNING if process.pid not in signalled and process.poll() is None]
+    for process in live:
+        process.send_signal(signal.SIGTERM)
+        signalled.add(process.pid)
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def local_executor(jobs: int) -> Executor:
     """Tasks on a pool of ``jobs`` threads, each waiting on its run's process; Ctrl-C starts no new run and waits
-    for the running ones (they get the terminal's SIGINT and write a checkpoint)."""
+    for the running ones (they get the terminal's SIGINT and write a checkpoint). SIGTERM to the grid process alone
+    (``kill PID``) does the same, passing SIGTERM on to each running run, and to any that starts meanwhile."""
 
     def run_all(tasks: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], Result]]:
         stop = threading.Event()
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            futures = {pool.submit(execute, task, stop): task for task in tasks}
-            reported = set()
-            try:
-                for future in as_completed(futures):
-                    reported.add(future)
-                    yield futures[future], future.result()
-            except KeyboardInterrupt:
-                stop.set()
-                running = [future for future in futures if future not in reported and not future.cancel()]
-                for future in as_completed(running):  # they stop at the terminal's SIGINT: report them
-                    if (result := future.result()) is not None:
-                        yield futures[future], result
-                raise
+        in_main = threading.current_thread() is threading.main_thread()  # signal handlers are set there only
+        previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main else None
+        try:
+            with ThreadPoolExecutor(max_workers=jobs) as pool:
+                futures = {pool.submit(execute, task, stop): task for task in tasks}
+                reported = set()
+                try:
+                    for future in as_completed(futures):
+                        reported.add(future)
+                        yield futures[future], future.result()
+                except KeyboardInterrupt as interrupt:
+                    stop.set()
+                    pending = {future for future in futures if future not in reported and not future.cancel()}
+                    signalled: set[int] = set()
+                    while pending:  # they stop at the terminal's SIGINT, or at the SIGTERM passed on: report them
+                        if isinstance(interrupt, Terminated):
+                            terminate_runs(signalled)
+                        done, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+                        for future in done:
+                            if (result := future.result()) is not None:
+                                yield futures[future], result
+                    raise
+        finally:
+            if in_main:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
     return run_all
 
@@ -180,7 +217,8 @@ def check_grid_flags(args: argparse.Namespace) -> list[int]:
 
 
 def run_grid(args: argparse.Namespace, echo: Callable[[str], None] = print) -> int:
-    """Plan, run and summarize the grid ``args`` describe; 0 when every run finished (or was), else 1 (130: Ctrl-C)."""
+    """Plan, run and summarize the grid ``args`` describe; 0 when every run finished (or was), else 1 (130: Ctrl-C,
+    143: SIGTERM)."""
     seeds = check_grid_flags(args)
     output = Path(args.output or f"runs/grid-{args.algo}").resolve()
     if output.exists() and not output.is_dir():
@@ -231,20 +269,21 @@ def run_planned(args: argparse.Namespace, output: Path, seeds: list[int], execut
 
     write()
     by_key = {(run.env, run.seed): run for run in todo}
-    interrupted = False
+    interrupted: KeyboardInterrupt | None = None
     try:
         for done, (task, result) in enumerate(executor([task_for(run, args, flags) for run in todo]), 1):
             run = by_key[tuple(task["key"])]
             run.result, run.status = result, outcome(result)
             echo(f"[{done}/{len(todo)}] {describe(run, args.algo)}")
             write()
-    except KeyboardInterrupt:
-        interrupted = True
-        echo("interrupted: the runs stopped wrote a checkpoint where they could; rerun the command to go on")
+    except KeyboardInterrupt as exc:
+        interrupted = exc
+        cause = "stopped by SIGTERM" if isinstance(exc, Terminated) else "interrupted"
+        echo(f"{cause}: the runs stopped wrote a checkpoint where they could; rerun the command to go on")
     write()
     for line in summary(runs, args.algo):
         echo(line)
     echo(f"grid manifest: {output / GRID_FILE}")
-    if interrupted:
-        return 130
+    if interrupted is not None:
+        return 143 if isinstance(interrupted, Terminated) else 130
     return 0 if all(run.status in ("finished", "skipped") for run in runs) else 1
