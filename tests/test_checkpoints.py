@@ -342,3 +342,30 @@ def test_writing_a_step_again_replaces_it(saved, tmp_path):
     assert write_checkpoint(model, tmp_path, CONFIG) == tmp_path / "step_200"
     assert [p.name for p in tmp_path.iterdir()] == ["step_200"]
     assert read_checkpoint(tmp_path / "step_200")["n_updates"] == model._n_updates
+
+
+def test_resume_of_a_normalised_env_continues_with_its_statistics(tmp_path):
+    """A VecNormalize env's running statistics are in the checkpoint and go back into the resumed run's env, so the
+    resumed run scales observations as the uninterrupted one. Not bit for bit: VecNormalize counts the observation
+    of the reset that starts the resumed run once more."""
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    def normalised():
+        return VecNormalize(make_env(), gamma=0.99)
+
+    a = make_model(DQN)
+    a.set_env(normalised())
+    a.learn(600, callback=RunCheckpoint(tmp_path, save_freq=200, keep=None, run_config=CONFIG))
+    assert "vecnormalize.pkl" in json.loads((tmp_path / "step_400" / "manifest.json").read_text())["files"]
+    scramble_random_states()
+    b = load_checkpoint(tmp_path / "step_400", DQN, normalised(), CONFIG)
+    assert b.get_vec_normalize_env().obs_rms.count == pytest.approx(401, abs=1e-3)  # 400 steps and the first reset
+    resume_learn(b)
+    ours, theirs = b.get_vec_normalize_env(), a.get_vec_normalize_env()
+    assert ours.obs_rms.count == pytest.approx(theirs.obs_rms.count + 1, abs=1e-3)  # fresh statistics: 201
+    np.testing.assert_allclose(ours.obs_rms.mean, theirs.obs_rms.mean, atol=2e-3)
+    np.testing.assert_allclose(ours.ret_rms.var, theirs.ret_rms.var, rtol=1e-2)
+    for key, value in a.policy.state_dict().items():  # fresh statistics: 7e-3 apart
+        assert th.allclose(value, b.policy.state_dict()[key], atol=1e-3, rtol=0), key
+    with pytest.raises(CheckpointError, match="VecNormalize statistics, and this run's env is not normalised"):
+        load_checkpoint(tmp_path / "step_400", DQN, make_env(), CONFIG)

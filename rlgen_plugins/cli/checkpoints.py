@@ -1,7 +1,8 @@
 """Resumable RL runs: periodic checkpoints of an SB3 off-policy run, and resuming one to its planned length.
 
 A checkpoint is a folder ``step_<N>``: ``model.zip`` (networks, optimizer, counters), ``replay_buffer.pkl``
-(transitions, priorities, PER beta), ``state.json`` (run configuration, counters, schedule values, random states)
+(transitions, priorities, PER beta), ``vecnormalize.pkl`` where the env is normalised (VecNormalize's running
+statistics), ``state.json`` (run configuration, counters, schedule values, random states)
 and ``manifest.json`` (sizes and sha256s), filled in a hidden folder renamed into place once complete.
 See docs/checkpoints.md.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 import random
 import re
 import shutil
@@ -32,6 +34,7 @@ from rlgen_plugins.cli.files import fsync_dir, jsonable, replace_atomically, sha
 
 CHECKPOINTS_DIR = "checkpoints"
 MODEL_FILE, BUFFER_FILE, STATE_FILE, MANIFEST_FILE = "model.zip", "replay_buffer.pkl", "state.json", "manifest.json"
+NORMALIZE_FILE = "vecnormalize.pkl"
 FORMAT = 1
 _STEP_DIR = re.compile(r"step_(\d+)")
 
@@ -110,6 +113,9 @@ def _write_checkpoint(model: BaseAlgorithm, directory: Path, config: dict[str, A
         if getattr(model, "replay_buffer", None) is not None:
             replace_atomically(tmp / BUFFER_FILE, model.save_replay_buffer, suffix=".tmp.pkl", fsync=True)
             files.append(BUFFER_FILE)
+        if (normalizer := model.get_vec_normalize_env()) is not None:  # so a resumed run normalises as this one
+            replace_atomically(tmp / NORMALIZE_FILE, normalizer.save, suffix=".tmp.pkl", fsync=True)
+            files.append(NORMALIZE_FILE)
         state = {"format": FORMAT, "algo": _algo_name(type(model)), "config": config,
                  "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                  **training_state(model), "random_states": _random_states(model)}
@@ -243,6 +249,8 @@ def load_checkpoint(path: str | Path, algo_cls: type[BaseAlgorithm], env: Any,
         model = algo_cls.load(path / MODEL_FILE, env=env, device=device, **load_kwargs)
         if (path / BUFFER_FILE).is_file():
             model.load_replay_buffer(path / BUFFER_FILE)  # type: ignore[attr-defined]
+        if (path / NORMALIZE_FILE).is_file():
+            _restore_normalization(model, path)
     except (ValueError, KeyError, AssertionError) as exc:  # SB3: spaces that do not match the environment
         raise CheckpointError(f"checkpoint {path} does not fit this run: {exc}") from None
     _restore_random_states(model, state["random_states"])  # load() reseeded every generator from the seed
@@ -251,6 +259,16 @@ def load_checkpoint(path: str | Path, algo_cls: type[BaseAlgorithm], env: Any,
         if key in state and state[key] != value:
             raise CheckpointError(f"checkpoint {path}: {key} is {value} after loading, {state[key]} when saved")
     return model
+
+
+def _restore_normalization(model: BaseAlgorithm, path: Path) -> None:
+    """Put the checkpoint's VecNormalize statistics into the model's env (the running discounted return restarts)."""
+    target = model.get_vec_normalize_env()
+    if target is None:
+        raise CheckpointError(f"checkpoint {path} has VecNormalize statistics, and this run's env is not normalised")
+    with open(path / NORMALIZE_FILE, "rb") as handle:
+        saved = pickle.load(handle)
+    target.obs_rms, target.ret_rms = saved.obs_rms, saved.ret_rms
 
 
 def resume_learn(model: BaseAlgorithm, callback: MaybeCallback = None, total_timesteps: int | None = None,
