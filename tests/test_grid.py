@@ -238,3 +238,20 @@ def test_sigterm_to_the_grid_alone_stops_its_runs_with_a_checkpoint(tmp_path):
     assert not (out / "dqn" / "CartPole-v1" / "seed_2").exists()  # queued, never started
     statuses = {r["seed"]: r["status"] for r in json.loads((out / "grid.json").read_text())["runs"]}
     assert statuses[0] == statuses[1] == "interrupted", statuses
+
+
+def test_a_caller_that_stops_taking_results_starts_no_further_run(tmp_path, monkeypatch):
+    """A Ctrl-C or SIGTERM that lands while the grid handles a result stops the executor from outside (the
+    generator is closed): the queued runs are cancelled, not run to the end one after another."""
+    from rlgen_plugins.cli.grid import local_executor
+
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    tasks = [{"key": ["CartPole-v1", seed], "folder": str(tmp_path / f"seed_{seed}"), "action": "start",
+              "argv": ["train", "dqn", "--env", "CartPole-v1", "--seed", str(seed), "--output",
+                       str(tmp_path / f"seed_{seed}"), *TINY, "--overwrite"]} for seed in range(3)]
+    results = local_executor(1)(tasks)
+    task, result = next(results)
+    results.close()
+    assert (task["key"], result["status"]) == (["CartPole-v1", 0], "finished")
+    started = sorted(p.name for p in tmp_path.iterdir())
+    assert started[0] == "seed_0" and "seed_2" not in started, started  # seed 1 only if it had already begun

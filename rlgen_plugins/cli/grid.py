@@ -155,19 +155,20 @@ def terminate_runs(signalled: set[int]) -> None:
         signalled.add(process.pid)
 
 
-def _raise_terminated(signum: int, frame: Any) -> None:
-    raise Terminated()
-
-
 def local_executor(jobs: int) -> Executor:
     """Tasks on a pool of ``jobs`` threads, each waiting on its run's process; Ctrl-C starts no new run and waits
     for the running ones (they get the terminal's SIGINT and write a checkpoint). SIGTERM to the grid process alone
     (``kill PID``) does the same, passing SIGTERM on to each running run, and to any that starts meanwhile."""
 
     def run_all(tasks: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], Result]]:
-        stop = threading.Event()
+        stop, sigterm, signalled = threading.Event(), threading.Event(), set()
+
+        def on_sigterm(signum: int, frame: Any) -> None:
+            sigterm.set()
+            raise Terminated()
+
         in_main = threading.current_thread() is threading.main_thread()  # signal handlers are set there only
-        previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main else None
+        previous = signal.signal(signal.SIGTERM, on_sigterm) if in_main else None
         try:
             with ThreadPoolExecutor(max_workers=jobs) as pool:
                 futures = {pool.submit(execute, task, stop): task for task in tasks}
@@ -176,18 +177,24 @@ def local_executor(jobs: int) -> Executor:
                     for future in as_completed(futures):
                         reported.add(future)
                         yield futures[future], future.result()
-                except KeyboardInterrupt as interrupt:
+                except KeyboardInterrupt:
                     stop.set()
                     pending = {future for future in futures if future not in reported and not future.cancel()}
-                    signalled: set[int] = set()
                     while pending:  # they stop at the terminal's SIGINT, or at the SIGTERM passed on: report them
-                        if isinstance(interrupt, Terminated):
+                        if sigterm.is_set():
                             terminate_runs(signalled)
                         done, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
                         for future in done:
                             if (result := future.result()) is not None:
                                 yield futures[future], result
                     raise
+                finally:  # also where the caller stopped iterating (a Ctrl-C while it handled a result): no new run
+                    stop.set()
+                    for future in futures:
+                        future.cancel()
+                    while sigterm.is_set() and not all(future.done() for future in futures):
+                        terminate_runs(signalled)
+                        wait(futures, timeout=1.0)
         finally:
             if in_main:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
