@@ -124,10 +124,14 @@ class FrameStore:
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        frames = np.zeros((state["frames_per_env"], state["n_envs"], *state["frame_shape"]), dtype=np.uint8)
-        newest = np.zeros((state["rows"], state["n_envs"]), dtype=np.int64)
-        frames[: len(state["frames"])], newest[: len(state["newest"])] = state["frames"], state["newest"]
-        self.__dict__.update(state, frames=frames, newest=newest)
+        full = {"frames": (state["frames_per_env"], state["n_envs"], *state["frame_shape"]),
+                "newest": (state["rows"], state["n_envs"])}
+        for name, shape in full.items():  # a full array (all written, or pickled before this layout) is kept as is
+            if state[name].shape != shape:
+                array = np.zeros(shape, dtype=state[name].dtype)
+                array[: len(state[name])] = state[name]
+                state[name] = array
+        self.__dict__.update(state)
 
     @property
     def nbytes(self) -> int:

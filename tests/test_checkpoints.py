@@ -287,6 +287,28 @@ def test_second_sigint_interrupts_at_once(tmp_path):
         signal.raise_signal(signal.SIGINT)
 
 
+def test_a_repeated_sigterm_is_ignored_and_a_sigint_after_it_interrupts(tmp_path):
+    """A process-group SIGTERM and the grid's forwarded one both reach a run: the second must not end it (in a
+    subprocess: were it not ignored, it would end the process)."""
+    script = textwrap.dedent(f"""
+        import signal, sys
+        from rlgen_plugins.cli.checkpoints import RunCheckpoint, checkpoint_on_signals
+        checkpointer = RunCheckpoint({str(tmp_path)!r}, save_freq=10)
+        with checkpoint_on_signals(checkpointer):
+            signal.raise_signal(signal.SIGTERM)
+            signal.raise_signal(signal.SIGTERM)
+            print("still running", checkpointer.exit_code, flush=True)
+            try:
+                signal.raise_signal(signal.SIGINT)
+            except KeyboardInterrupt:
+                sys.exit(7)
+    """)
+    pythonpath = os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])
+    result = subprocess.run([sys.executable, "-c", script], check=False, env={**os.environ, "PYTHONPATH": pythonpath},
+                            capture_output=True, text=True, timeout=120)
+    assert (result.returncode, result.stdout) == (7, "still running 143\n"), result.stderr[-2000:]
+
+
 SIGTERM_SCRIPT = textwrap.dedent("""
     import sys
     import signal
@@ -367,5 +389,9 @@ def test_resume_of_a_normalised_env_continues_with_its_statistics(tmp_path):
     np.testing.assert_allclose(ours.ret_rms.var, theirs.ret_rms.var, rtol=1e-2)
     for key, value in a.policy.state_dict().items():  # fresh statistics: 7e-3 apart
         assert th.allclose(value, b.policy.state_dict()[key], atol=1e-3, rtol=0), key
-    with pytest.raises(CheckpointError, match="VecNormalize statistics, and this run's env is not normalised"):
+    with pytest.raises(UsageError, match="vecnormalize.pkl: VecNormalize statistics, and this run's env is not"):
         load_checkpoint(tmp_path / "step_400", DQN, make_env(), CONFIG)
+    plain = make_model(DQN)  # a checkpoint without statistics (as an earlier version wrote), resumed normalised
+    plain.learn(200, callback=RunCheckpoint(tmp_path / "plain", save_freq=200, run_config=CONFIG))
+    with pytest.warns(UserWarning, match="holds no VecNormalize statistics"):
+        load_checkpoint(tmp_path / "plain" / "step_200", DQN, normalised(), CONFIG)

@@ -387,36 +387,3 @@ def test_warns_before_allocating_more_frames_than_memory(monkeypatch):
     with pytest.warns(UserWarning, match=r"enough memory .* frames 0\.49GB > 0\.00GB"):
         FrameStackReplayBuffer(2**16, SPACE, ACT, device="cpu")  # 2**16 + 2**12 + 5 slots of 7,056 bytes (lazy)
 
-
-@settings(max_examples=30, deadline=None, derandomize=True)
-@given(streams())
-def test_pickle_keeps_every_array_of_the_frame_store(case):
-    buffer, _, _ = build(FrameStackReplayBuffer, case)
-    copy = pickle.loads(pickle.dumps(buffer))
-    for name in ("frames", "newest", "written", "continues", "oldest", "invalidated"):
-        np.testing.assert_array_equal(getattr(copy.frames, name), getattr(buffer.frames, name), err_msg=name)
-    assert copy.frames.frames.shape == buffer.frames.frames.shape and copy.frames.added == buffer.frames.added
-
-
-def test_a_pickle_early_in_a_run_costs_the_fill_not_the_capacity():
-    """A checkpoint pickles the buffer: 24 frames of 84x84 held in room for 10k transitions (75 MB of frames)."""
-    buffer = FrameStackReplayBuffer(10_000, SPACE, spaces.Discrete(6), device="cpu")
-    rng = np.random.default_rng(0)
-    frames = [np.zeros((1, 84, 84), np.uint8)] * 3 + [rng.integers(0, 256, (1, 84, 84), dtype=np.uint8)]
-    for t in range(20):
-        new = rng.integers(0, 256, (1, 84, 84), dtype=np.uint8)
-        obs, next_obs = np.concatenate(frames[-4:])[None], np.concatenate([*frames[-3:], new])[None]
-        buffer.add(obs, next_obs, np.array([[t % 6]]), np.array([float(t)]), np.array([False]), [{}])
-        frames.append(new)
-    blob = pickle.dumps(buffer)
-    assert 24 * 84 * 84 < len(blob) < 10**6 < buffer.frames.nbytes
-    copy = pickle.loads(blob)
-    np.random.seed(1)
-    mine = buffer.sample(8)
-    np.random.seed(1)
-    theirs = copy.sample(8)
-    for a, b in zip(mine, theirs):
-        assert (a is None and b is None) or th.equal(a, b)
-    t = mine.rewards[:, 0].long()
-    for i in range(8):  # each drawn observation is the stack the env gave at that step
-        np.testing.assert_array_equal(theirs.observations[i].numpy(), np.concatenate(frames[t[i]: t[i] + 4]))

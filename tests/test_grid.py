@@ -209,35 +209,44 @@ def test_the_same_grid_on_a_local_ray_gives_the_same_layout_and_statuses(tmp_pat
     assert "grid of 2 runs (1 env x 2 seeds)" in text and "grid summary: 2 finished, 0 skipped, 0 failed" in text
 
 
-def test_sigterm_to_the_grid_alone_stops_its_runs_with_a_checkpoint(tmp_path):
-    """``kill PID`` of a grid (SIGTERM to it, not to its process group) reaches the runs: each writes a checkpoint
-    and stops, none goes on training unwatched, and the grid says so and exits 143."""
+@pytest.mark.parametrize("target", ["grid", "group"])
+def test_sigterm_stops_the_runs_with_a_checkpoint(tmp_path, target):
+    """``kill PID`` of a grid (SIGTERM to it alone) reaches its runs, which write a checkpoint and stop rather than
+    go on training unwatched; a SIGTERM to the whole process group (``timeout``, a batch scheduler) reaches each run
+    twice, directly and passed on, and ends the same way. The grid says so and exits 143."""
     import subprocess
     import time
 
     out = tmp_path / "out"
     command = [sys.executable, "-m", "rlgen_plugins.cli", "train", "dqn", "--env", "CartPole-v1", "--seeds", "0-2",
                "--jobs", "2", "--output", str(out), "--timesteps", "1000000", "--eval-freq", "0", "--save-freq",
-               "100000", "--no-progress", "-p", "learning_starts=100", "-p", "buffer_size=1000"]
+               "200", "--keep-checkpoints", "1", "--no-progress", "-p", "learning_starts=100", "-p", "buffer_size=1000"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     grid_process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    text=True)
+                                    text=True, start_new_session=True)
     folders = [out / "dqn" / "CartPole-v1" / f"seed_{seed}" for seed in (0, 1)]
-    deadline = time.monotonic() + 120
-    while not all((f / "train.log").is_file() and "training dqn" in (f / "train.log").read_text() for f in folders):
-        assert time.monotonic() < deadline and grid_process.poll() is None, "the runs did not start"
-        time.sleep(0.2)
-    grid_process.send_signal(signal.SIGTERM)
-    text, _ = grid_process.communicate(timeout=120)
+    try:
+        deadline = time.monotonic() + 120
+        while not all(list((f / "checkpoints").glob("step_*/manifest.json")) for f in folders):  # signals are caught
+            assert time.monotonic() < deadline and grid_process.poll() is None, "the runs did not start"
+            time.sleep(0.2)
+        if target == "grid":
+            grid_process.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(grid_process.pid, signal.SIGTERM)
+        text, _ = grid_process.communicate(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(grid_process.pid, signal.SIGKILL)  # whatever is left, should an assert have failed
     assert grid_process.returncode == 143, text
     assert "stopped by SIGTERM: the runs stopped wrote a checkpoint" in text
     for folder in folders:
         run = record(folder)
-        assert run["status"] == "interrupted" and 0 < run["timesteps"] < 1_000_000, run
-        assert list((folder / "checkpoints").glob("step_*/model.zip")), folder
+        assert run["status"] == "interrupted" and 200 <= run["timesteps"] < 1_000_000, run
+        assert "stopped by SIGTERM: wrote" in (folder / "train.log").read_text()
     assert not (out / "dqn" / "CartPole-v1" / "seed_2").exists()  # queued, never started
     statuses = {r["seed"]: r["status"] for r in json.loads((out / "grid.json").read_text())["runs"]}
-    assert statuses[0] == statuses[1] == "interrupted", statuses
+    assert statuses == {0: "interrupted", 1: "interrupted", 2: "pending"}, statuses
 
 
 def test_a_caller_that_stops_taking_results_starts_no_further_run(tmp_path, monkeypatch):

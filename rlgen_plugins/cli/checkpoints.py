@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import pickle
 import random
 import re
 import shutil
@@ -29,12 +28,12 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 from stable_baselines3.common.type_aliases import MaybeCallback
 
+from rlgen_plugins.cli.envs import VEC_NORMALIZE_FILE, restore_vec_normalize
 from rlgen_plugins.cli.errors import UsageError
 from rlgen_plugins.cli.files import fsync_dir, jsonable, replace_atomically, sha256, write_json_atomically
 
 CHECKPOINTS_DIR = "checkpoints"
 MODEL_FILE, BUFFER_FILE, STATE_FILE, MANIFEST_FILE = "model.zip", "replay_buffer.pkl", "state.json", "manifest.json"
-NORMALIZE_FILE = "vecnormalize.pkl"
 FORMAT = 1
 _STEP_DIR = re.compile(r"step_(\d+)")
 
@@ -114,8 +113,8 @@ def _write_checkpoint(model: BaseAlgorithm, directory: Path, config: dict[str, A
             replace_atomically(tmp / BUFFER_FILE, model.save_replay_buffer, suffix=".tmp.pkl", fsync=True)
             files.append(BUFFER_FILE)
         if (normalizer := model.get_vec_normalize_env()) is not None:  # so a resumed run normalises as this one
-            replace_atomically(tmp / NORMALIZE_FILE, normalizer.save, suffix=".tmp.pkl", fsync=True)
-            files.append(NORMALIZE_FILE)
+            replace_atomically(tmp / VEC_NORMALIZE_FILE, normalizer.save, suffix=".tmp.pkl", fsync=True)
+            files.append(VEC_NORMALIZE_FILE)
         state = {"format": FORMAT, "algo": _algo_name(type(model)), "config": config,
                  "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                  **training_state(model), "random_states": _random_states(model)}
@@ -249,8 +248,7 @@ def load_checkpoint(path: str | Path, algo_cls: type[BaseAlgorithm], env: Any,
         model = algo_cls.load(path / MODEL_FILE, env=env, device=device, **load_kwargs)
         if (path / BUFFER_FILE).is_file():
             model.load_replay_buffer(path / BUFFER_FILE)  # type: ignore[attr-defined]
-        if (path / NORMALIZE_FILE).is_file():
-            _restore_normalization(model, path)
+        restore_vec_normalize(model, path)
     except (ValueError, KeyError, AssertionError) as exc:  # SB3: spaces that do not match the environment
         raise CheckpointError(f"checkpoint {path} does not fit this run: {exc}") from None
     _restore_random_states(model, state["random_states"])  # load() reseeded every generator from the seed
@@ -259,16 +257,6 @@ def load_checkpoint(path: str | Path, algo_cls: type[BaseAlgorithm], env: Any,
         if key in state and state[key] != value:
             raise CheckpointError(f"checkpoint {path}: {key} is {value} after loading, {state[key]} when saved")
     return model
-
-
-def _restore_normalization(model: BaseAlgorithm, path: Path) -> None:
-    """Put the checkpoint's VecNormalize statistics into the model's env (the running discounted return restarts)."""
-    target = model.get_vec_normalize_env()
-    if target is None:
-        raise CheckpointError(f"checkpoint {path} has VecNormalize statistics, and this run's env is not normalised")
-    with open(path / NORMALIZE_FILE, "rb") as handle:
-        saved = pickle.load(handle)
-    target.obs_rms, target.ret_rms = saved.obs_rms, saved.ret_rms
 
 
 def resume_learn(model: BaseAlgorithm, callback: MaybeCallback = None, total_timesteps: int | None = None,
@@ -379,14 +367,15 @@ class RunCheckpoint(BaseCallback):
 @contextlib.contextmanager
 def checkpoint_on_signals(callback: RunCheckpoint,
                           signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) -> Iterator[RunCheckpoint]:
-    """While inside, SIGINT / SIGTERM ask ``callback`` to checkpoint and stop; a second one acts as it did before
-    (SIGINT: ``KeyboardInterrupt``; SIGTERM: the process ends). Call from the main thread."""
+    """While inside, SIGINT / SIGTERM ask ``callback`` to checkpoint and stop; a second SIGINT (a second Ctrl-C)
+    acts as it did before (``KeyboardInterrupt``). A SIGTERM after the first signal is ignored: a grid passes its
+    SIGTERM on to a run that a process-group kill (``timeout``, a batch scheduler) reached already. Main thread only."""
     previous = {signum: signal.getsignal(signum) for signum in signals}
 
     def handle(signum: int, frame: Any) -> None:
         if callback.signal_received is None:
             callback.request_stop(signum)
-        else:  # the second one is delivered again to the handler that was there before
+        elif signum != signal.SIGTERM:  # delivered again to the handler that was there before
             signal.signal(signum, previous[signum])
             signal.raise_signal(signum)
 

@@ -3,6 +3,8 @@ check that a saved model fits an environment."""
 from __future__ import annotations
 
 import difflib
+import pickle
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -24,7 +26,7 @@ def _register_minatar(env_id: str) -> None:
     """Register MinAtar's ids in this process's gymnasium registry (gymnasium >= 1.0 no longer loads MinAtar's entry
     point; a SubprocVecEnv worker starts from a fresh registry), unless they are there already (registering again
     would warn once per id)."""
-    if env_id in gym.registry or any(known.startswith("MinAtar/") for known in gym.registry):
+    if env_id in gym.registry or "MinAtar/Breakout-v1" in gym.registry:  # register_envs adds all of them at once
         return
     try:
         from minatar.gym import register_envs
@@ -118,6 +120,27 @@ def load_vec_normalize(env: Any, run_folder: Path) -> Any:
     env = VecNormalize.load(str(path), env)
     env.training, env.norm_reward = False, False
     return env
+
+
+def restore_vec_normalize(model: Any, folder: Path) -> None:
+    """Put the VecNormalize statistics saved in ``folder`` into ``model``'s VecNormalize, so that a resumed run
+    normalises as the interrupted one did (the running discounted return restarts, as the episodes in progress do).
+    None saved for a normalised env: a warning. Statistics for an env that is not normalised, or unreadable ones:
+    a ``UsageError`` naming the file."""
+    target, path = model.get_vec_normalize_env(), folder / VEC_NORMALIZE_FILE
+    if not path.is_file():
+        if target is not None:
+            warnings.warn(f"{folder} holds no VecNormalize statistics ({VEC_NORMALIZE_FILE}): the resumed run "
+                          "normalises from fresh ones", stacklevel=2)
+        return
+    if target is None:
+        raise UsageError(f"{path}: VecNormalize statistics, and this run's env is not normalised")
+    try:
+        with open(path, "rb") as handle:
+            saved = pickle.load(handle)
+        target.obs_rms, target.ret_rms = saved.obs_rms, saved.ret_rms
+    except (OSError, EOFError, AttributeError, ImportError, pickle.UnpicklingError) as exc:
+        raise UsageError(f"{path} cannot be read as VecNormalize statistics ({type(exc).__name__}: {exc})") from None
 
 
 def default_policy(observation_space: gym.Space) -> str:

@@ -146,6 +146,14 @@ def execute(task: dict[str, Any], stop: threading.Event | None = None) -> Result
             "error": None if code == 0 else last_error_line(log, offset)}
 
 
+def recorded_status(folder: Path) -> str | None:
+    """The status in the run record of ``folder`` (``None``: no readable record)."""
+    try:
+        return read_run_record(folder).get("status")
+    except UsageError:
+        return None
+
+
 def terminate_runs(signalled: set[int]) -> None:
     """Send SIGTERM to each run process not yet in ``signalled`` (pids): it writes a checkpoint and exits 143."""
     with _RUNNING_LOCK:
@@ -164,38 +172,38 @@ def local_executor(jobs: int) -> Executor:
         stop, sigterm, signalled = threading.Event(), threading.Event(), set()
 
         def on_sigterm(signum: int, frame: Any) -> None:
-            sigterm.set()
-            raise Terminated()
+            if not sigterm.is_set():  # the first stops the grid; a repeat changes nothing
+                sigterm.set()
+                raise Terminated()
 
         in_main = threading.current_thread() is threading.main_thread()  # signal handlers are set there only
         previous = signal.signal(signal.SIGTERM, on_sigterm) if in_main else None
+        pool, futures = ThreadPoolExecutor(max_workers=jobs), {}
         try:
-            with ThreadPoolExecutor(max_workers=jobs) as pool:
-                futures = {pool.submit(execute, task, stop): task for task in tasks}
-                reported = set()
-                try:
-                    for future in as_completed(futures):
-                        reported.add(future)
-                        yield futures[future], future.result()
-                except KeyboardInterrupt:
-                    stop.set()
-                    pending = {future for future in futures if future not in reported and not future.cancel()}
-                    while pending:  # they stop at the terminal's SIGINT, or at the SIGTERM passed on: report them
-                        if sigterm.is_set():
-                            terminate_runs(signalled)
-                        done, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
-                        for future in done:
-                            if (result := future.result()) is not None:
-                                yield futures[future], result
-                    raise
-                finally:  # also where the caller stopped iterating (a Ctrl-C while it handled a result): no new run
-                    stop.set()
-                    for future in futures:
-                        future.cancel()
-                    while sigterm.is_set() and not all(future.done() for future in futures):
+            futures.update({pool.submit(execute, task, stop): task for task in tasks})
+            reported = set()
+            try:
+                for future in as_completed(futures):
+                    reported.add(future)
+                    yield futures[future], future.result()
+            except KeyboardInterrupt:
+                stop.set()
+                pending = {future for future in futures if future not in reported and not future.cancel()}
+                while pending:  # they stop at the terminal's SIGINT, or at the SIGTERM passed on: report them
+                    if sigterm.is_set():
                         terminate_runs(signalled)
-                        wait(futures, timeout=1.0)
-        finally:
+                    done, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        if (result := future.result()) is not None:
+                            yield futures[future], result
+                raise
+        finally:  # also where the caller stopped taking results (a Ctrl-C while it handled one): no new run
+            stop.set()
+            pool.shutdown(wait=False, cancel_futures=True)
+            while sigterm.is_set() and not all(future.done() for future in futures):
+                terminate_runs(signalled)
+                wait(futures, timeout=1.0)
+            pool.shutdown(wait=True)
             if in_main:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
@@ -285,6 +293,9 @@ def run_planned(args: argparse.Namespace, output: Path, seeds: list[int], execut
             write()
     except KeyboardInterrupt as exc:
         interrupted = exc
+        for run in todo:  # stopped while the grid was not waiting on it (the executor closed): its record tells
+            if run.result is None and recorded_status(run.folder) == "interrupted":
+                run.status = "interrupted"
         cause = "stopped by SIGTERM" if isinstance(exc, Terminated) else "interrupted"
         echo(f"{cause}: the runs stopped wrote a checkpoint where they could; rerun the command to go on")
     write()
