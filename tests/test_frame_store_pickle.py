@@ -21,16 +21,23 @@ def test_pickle_keeps_every_array_of_the_frame_store(case):
     assert copy.frames.frames.shape == buffer.frames.frames.shape and copy.frames.added == buffer.frames.added
 
 
-def test_a_pickle_early_in_a_run_costs_the_fill_not_the_capacity():
-    """A checkpoint pickles the buffer: 24 frames of 84x84 held in room for 10k transitions (75 MB of frames)."""
-    buffer = FrameStackReplayBuffer(10_000, SPACE, spaces.Discrete(6), device="cpu")
+def one_atari_episode(capacity: int, steps: int) -> tuple[FrameStackReplayBuffer, list[np.ndarray]]:
+    """A buffer of ``capacity`` holding ``steps`` steps of one episode of random 84x84 frames (reward t at step
+    t), and the frames (3 zero paddings first, as VecFrameStack gives)."""
+    buffer = FrameStackReplayBuffer(capacity, SPACE, spaces.Discrete(6), device="cpu")
     rng = np.random.default_rng(0)
     frames = [np.zeros((1, 84, 84), np.uint8)] * 3 + [rng.integers(0, 256, (1, 84, 84), dtype=np.uint8)]
-    for t in range(20):
+    for t in range(steps):
         new = rng.integers(0, 256, (1, 84, 84), dtype=np.uint8)
         obs, next_obs = np.concatenate(frames[-4:])[None], np.concatenate([*frames[-3:], new])[None]
         buffer.add(obs, next_obs, np.array([[t % 6]]), np.array([float(t)]), np.array([False]), [{}])
         frames.append(new)
+    return buffer, frames
+
+
+def test_a_pickle_early_in_a_run_costs_the_fill_not_the_capacity():
+    """A checkpoint pickles the buffer: 24 frames of 84x84 held in room for 10k transitions (75 MB of frames)."""
+    buffer, frames = one_atari_episode(10_000, 20)
     blob = pickle.dumps(buffer)
     assert 24 * 84 * 84 < len(blob) < 10**6 < buffer.frames.nbytes
     copy = pickle.loads(blob)
@@ -47,15 +54,7 @@ def test_a_pickle_early_in_a_run_costs_the_fill_not_the_capacity():
 
 def test_a_pickle_of_full_arrays_loads_as_it_was():
     """The layout before the frame store trimmed its pickles: the whole preallocated arrays."""
-    buffer = FrameStackReplayBuffer(64, SPACE, spaces.Discrete(6), device="cpu")
-    rng = np.random.default_rng(2)
-    frames = [np.zeros((1, 84, 84), np.uint8)] * 3 + [rng.integers(0, 256, (1, 84, 84), dtype=np.uint8)]
-    for t in range(5):
-        new = rng.integers(0, 256, (1, 84, 84), dtype=np.uint8)
-        buffer.add(np.concatenate(frames[-4:])[None], np.concatenate([*frames[-3:], new])[None], np.array([[0]]),
-                   np.array([1.0]), np.array([False]), [{}])
-        frames.append(new)
-    store = buffer.frames
+    store = one_atari_episode(64, 5)[0].frames
     full_state = dict(store.__dict__)  # what pickle stored for a FrameStore without __getstate__
     copy = type(store).__new__(type(store))
     copy.__setstate__(full_state)
