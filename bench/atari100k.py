@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.grid_bench import (
     bench_parser,
-    checked_plan,
+    parse_plan,
     random_scores,
     report_and_summary,
     rlgen,
@@ -65,8 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = bench_parser(__doc__, GAMES, BENCHMARK_STEPS, 25_000, "atari100k")
     parser.add_argument("--save-freq", type=int, default=25_000, help="checkpoint period (a checkpoint holds the buffer)")
     parser.add_argument("-p", "--param", action="append", default=[], help="passed to rlgen train (KEY=VALUE)")
-    args = parser.parse_args(argv)
-    env_ids, seeds = checked_plan(parser, args, env_id)
+    args, env_ids, seeds = parse_plan(parser, argv, env_id)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     randoms = random_scores(env_ids, seeds, args.eval_episodes, out / "random_scores.json", make_atari, "atari100k")

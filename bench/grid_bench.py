@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from rlgen_plugins.cli.app import positive_int
 from rlgen_plugins.cli.envs import check_env_id
 from rlgen_plugins.cli.errors import UsageError
 from rlgen_plugins.cli.grid_plan import parse_seeds
@@ -27,46 +28,36 @@ def emit(record: dict[str, Any]) -> None:
     print(json.dumps(record), flush=True)
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
-
-
 def bench_parser(doc: str, games: tuple[str, ...], timesteps: int, eval_freq: int, name: str) -> argparse.ArgumentParser:
     """The flags every grid benchmark takes; its runs go in ``bench/reports/NAME/runs``, its report in
     ``bench/reports/NAME``."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--games", default=",".join(games), help=f"comma-separated (default: {','.join(games)})")
     parser.add_argument("--seeds", default="0-2", help="seeds of each game and configuration (default 0-2)")
-    parser.add_argument("--timesteps", type=positive_int, default=timesteps, help=f"steps per run (default {timesteps})")
+    parser.add_argument("--timesteps", type=positive_int("--timesteps"), default=timesteps, help=f"steps per run (default {timesteps})")
     parser.add_argument("--eval-freq", type=int, default=eval_freq, help="evaluation period (<= 0: none)")
-    parser.add_argument("--eval-episodes", type=positive_int, default=5)
-    parser.add_argument("--jobs", type=positive_int, default=2, help="runs at a time (one core each)")
+    parser.add_argument("--eval-episodes", type=positive_int("--eval-episodes"), default=5)
+    parser.add_argument("--jobs", type=positive_int("--jobs"), default=2, help="runs at a time (one core each)")
     parser.add_argument("--runs", default=f"bench/reports/{name}/runs",
                         help="the grids' run folders: their records are committed, their models and checkpoints not")
     parser.add_argument("--out", default=f"bench/reports/{name}", help="the report folder (committed)")
-    parser.add_argument("--reps", type=positive_int, default=2000, help="bootstrap resamples")
+    parser.add_argument("--reps", type=positive_int("--reps"), default=2000, help="bootstrap resamples")
     return parser
 
 
-def checked_plan(parser: argparse.ArgumentParser, args: argparse.Namespace,
-                 env_id: Callable[[str], str]) -> tuple[list[str], list[int]]:
-    """The env ids of ``--games`` and the seeds of ``--seeds``, or the parser's usage error (exit 2) naming the
-    flag, before any run starts."""
+def parse_plan(parser: argparse.ArgumentParser, argv: list[str] | None,
+               env_id: Callable[[str], str]) -> tuple[argparse.Namespace, list[str], list[int]]:
+    """The flags, the env ids of ``--games`` and the seeds of ``--seeds``; a bad one is the parser's usage error
+    (exit 2) naming the flag or the environment, before any run starts."""
     try:
+        args = parser.parse_args(argv)  # positive_int's UsageError too
         seeds = parse_seeds(args.seeds)  # as rlgen train --seeds reads them
         env_ids = [env_id(game.strip()) for game in args.games.split(",")]
         for env in env_ids:
             check_env_id(env)  # also registers ale-py's and MinAtar's ids in this process
     except UsageError as error:
-        parser.error(str(error))  # names the flag (--seeds) or the environment and its close matches
-    return env_ids, seeds
+        parser.error(str(error))
+    return args, env_ids, seeds
 
 
 def episode_returns(env: Any, episodes: int) -> list[float]:

@@ -33,7 +33,7 @@ sys.path.insert(0, str(_HERE.parent))
 
 from bench.grid_bench import (
     bench_parser,
-    checked_plan,
+    parse_plan,
     random_scores,
     report_and_summary,
     rlgen,
@@ -71,8 +71,7 @@ def summary(report: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = bench_parser(__doc__, GAMES, 30_000, 10_000, "minatar")
-    args = parser.parse_args(argv)
-    env_ids, seeds = checked_plan(parser, args, env_id)
+    args, env_ids, seeds = parse_plan(parser, argv, env_id)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     randoms = random_scores(env_ids, seeds, args.eval_episodes, out / "random_scores.json", make_minatar, "minatar")

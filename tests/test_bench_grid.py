@@ -35,9 +35,9 @@ def minatar():
 @pytest.mark.parametrize(("argv", "message"), [
     (["--seeds", "2-1"], "--seeds: range '2-1' ends before it starts"),
     (["--seeds", "a"], "--seeds takes non-negative seeds"),
-    (["--timesteps", "0"], "--timesteps: expected an integer >= 1, got 0"),
-    (["--jobs", "two"], "--jobs: expected an integer >= 1, got 'two'"),
-    (["--eval-episodes", "-1"], "--eval-episodes: expected an integer >= 1, got -1"),
+    (["--timesteps", "0"], "--timesteps must be a positive integer, got 0"),
+    (["--jobs", "two"], "--jobs must be a positive integer, got 'two'"),
+    (["--eval-episodes", "-1"], "--eval-episodes must be a positive integer, got -1"),
 ])
 def test_bad_flags_stop_before_anything_is_written(script, argv, message, tmp_path, capsys, atari, minatar):
     module = {"atari100k": atari, "minatar": minatar}[script]

@@ -137,21 +137,18 @@ def execute(task: dict[str, Any], stop: threading.Event | None = None) -> Result
         finally:
             with _RUNNING_LOCK:
                 _RUNNING.discard(process)
-    try:
-        record = read_run_record(folder)
-    except UsageError:
-        record = {}
+    record = readable_record(folder)
     return {"exit_code": code, "seconds": round(time.monotonic() - started, 1), "status": record.get("status"),
             "last_mean_return": record.get("last_mean_return"), "timesteps": record.get("timesteps"),
             "error": None if code == 0 else last_error_line(log, offset)}
 
 
-def recorded_status(folder: Path) -> str | None:
-    """The status in the run record of ``folder`` (``None``: no readable record)."""
+def readable_record(folder: Path) -> dict[str, Any]:
+    """The run record of ``folder``; ``{}`` where there is none or it cannot be read."""
     try:
-        return read_run_record(folder).get("status")
+        return read_run_record(folder)
     except UsageError:
-        return None
+        return {}
 
 
 def terminate_runs(signalled: set[int]) -> None:
@@ -294,7 +291,7 @@ def run_planned(args: argparse.Namespace, output: Path, seeds: list[int], execut
     except KeyboardInterrupt as exc:
         interrupted = exc
         for run in todo:  # stopped while the grid was not waiting on it (the executor closed): its record tells
-            if run.result is None and recorded_status(run.folder) == "interrupted":
+            if run.result is None and readable_record(run.folder).get("status") == "interrupted":
                 run.status = "interrupted"
         cause = "stopped by SIGTERM" if isinstance(exc, Terminated) else "interrupted"
         echo(f"{cause}: the runs stopped wrote a checkpoint where they could; rerun the command to go on")
