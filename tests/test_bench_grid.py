@@ -38,6 +38,7 @@ def minatar():
     (["--timesteps", "0"], "--timesteps must be a positive integer, got 0"),
     (["--jobs", "two"], "--jobs must be a positive integer, got 'two'"),
     (["--eval-episodes", "-1"], "--eval-episodes must be a positive integer, got -1"),
+    (["--reps", "0"], "--reps must be a positive integer, got 0"),
 ])
 def test_bad_flags_stop_before_anything_is_written(script, argv, message, tmp_path, capsys, atari, minatar):
     module = {"atari100k": atari, "minatar": minatar}[script]
